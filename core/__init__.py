@@ -1,0 +1,1 @@
+"""Shared machinery for Part A and Part B: data, training engine, tracking, sweeps and reports."""

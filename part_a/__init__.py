@@ -1,0 +1,1 @@
+"""Part A: a fully parameterised CNN trained from scratch."""

@@ -1,0 +1,1 @@
+"""Part B: fine-tuning pretrained torchvision backbones (see its issue; not built yet)."""
