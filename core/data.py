@@ -1,0 +1,289 @@
+"""Datasets: find the folder layout (or a built-in source), split it, cache decoded pixels, build loaders.
+
+Every split is an `ImageSet` of uint8 images [C, S, S] read from one pixel array (a memmap of the decoded-image
+cache, or memory for `digits`). Augmentations run on those uint8 tensors; conversion to float and normalisation
+happen on the training device, batched (see `core.engine.to_device`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from core.config import Option
+from core.errors import UserError
+from core.image_cache import build_image_cache
+from core.images import is_image_file
+
+AUGMENTATIONS = ("hflip", "vflip", "rotate", "random_resized_crop", "color_jitter", "gaussian_blur", "sharpness",
+                 "autoaugment", "randaugment", "trivialaugment")
+DATA_HELP = ("'digits' (built in, offline), 'inaturalist' (download), a folder with train/ and val/ (val is the "
+             "test set), a folder with train/, val/ and test/, or a folder of class folders")
+
+DATA_OPTIONS = {
+    "data": Option("digits", "dataset: " + DATA_HELP),
+    "val_fraction": Option(0.2, "share of train/ held out for validation (stratified)", "float", min=0.05, max=0.5),
+    "split_seed": Option(0, "seed of the train/validation(/test) split, fixed across runs and sweep trials", "int",
+                         min=0),
+    "max_images_per_class": Option(None, "use at most this many images per class and split folder (quick runs)",
+                                   "int", min=1, nullable=True),
+    "augmentation": Option(False, "random augmentation of training images", "bool"),
+    "augmentations": Option(["hflip", "rotate", "random_resized_crop", "color_jitter"],
+                            "augmentations used when --augmentation=true", "strs", choices=AUGMENTATIONS),
+    "balanced_sampler": Option(False, "sample training images with inverse class frequency", "bool"),
+    "class_weights": Option("none", "cross-entropy class weights: none, or auto (inverse frequency)",
+                            choices=("none", "auto")),
+    "strict": Option(False, "fail on unreadable image files instead of skipping and reporting them", "bool"),
+    "cache_dir": Option(None, "decoded-image cache folder (default: $SWEEPCNN_CACHE or ~/.cache/sweepcnn)",
+                        nullable=True),
+    "num_workers": Option(0, "data-loader worker processes", "int", min=0),
+}
+
+
+class ImageSet(Dataset):
+    """Rows of a uint8 pixel array [N, C, S, S] with labels; `names` identify each image (relative paths)."""
+
+    def __init__(self, pixels: np.ndarray, rows: np.ndarray, labels: np.ndarray, names: list[str],
+                 transform=None):
+        self.pixels, self.rows, self.labels, self.names, self.transform = pixels, rows, labels, names, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        # One fancy-indexed read per batch instead of one memmap access per image.
+        images = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[indices]]))
+        if self.transform is not None:
+            images = [self.transform(image) for image in images]
+        return [(image, int(self.labels[i])) for image, i in zip(images, indices)]
+
+    def with_transform(self, transform) -> ImageSet:
+        return ImageSet(self.pixels, self.rows, self.labels, self.names, transform)
+
+
+@dataclass
+class Data:
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    source: str
+    layout: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def split_record(self, seed: int) -> dict:
+        return {"source": self.source, "layout": self.layout, "split_seed": seed, "classes": self.classes,
+                **{name: [[n, self.classes[int(y)]] for n, y in zip(s.names, s.labels)]
+                   for name, s in (("train", self.train), ("val", self.val), ("test", self.test))},
+                "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
+
+
+def load_data(cfg: dict, input_size: int, channels: int, progress: bool = True) -> Data:
+    """Load `cfg['data']` at `input_size` with `channels` (1 or 3), split per its layout (see DATA_HELP)."""
+    source = cfg["data"]
+    if source == "digits":
+        return _digits(input_size, channels, cfg["split_seed"])
+    if source == "inaturalist":
+        from core.download import download_inaturalist
+
+        root = download_inaturalist(Path(cfg["cache_dir"]) if cfg["cache_dir"] else None, progress=progress)
+    else:
+        root = Path(source).expanduser()
+    return _folder(root, cfg, input_size, channels, progress)
+
+
+def _digits(size: int, channels: int, seed: int) -> Data:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images).float().mul(255 / 16).unsqueeze(1)  # 8x8 grey levels 0..16
+    big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    pixels = big.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous().numpy()
+    labels = digits.target.astype(np.int64)
+    names = [f"digits/{i}" for i in range(len(labels))]
+    parts = _split((np.arange(len(labels)), labels, names), (0.8, 0.1, 0.1), seed)
+    sets = [ImageSet(pixels, rows, y, n) for rows, y, n in parts]
+    return Data([str(d) for d in digits.target_names], *sets, source="digits",
+                layout="scikit-learn digits, stratified 80/10/10 train/val/test")
+
+
+def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> Data:
+    if not root.is_dir():
+        raise UserError(f"--data: {root} is not a folder: expected {DATA_HELP}")
+    subdirs = {p.name for p in root.iterdir() if p.is_dir()}
+    limit = cfg["max_images_per_class"]
+    if {"train", "val", "test"} <= subdirs:
+        layout = "train/ val/ test/ folders used as given"
+        splits = {s: _class_files(root / s, limit) for s in ("train", "val", "test")}
+    elif {"train", "val"} <= subdirs:
+        layout = f"train/ split {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} into train/val; val/ is the test set"
+        splits = {"train": _class_files(root / "train", limit), "test": _class_files(root / "val", limit)}
+    elif "train" in subdirs:
+        raise UserError(f"--data: {root} has train/ but no val/: add val/<class>/ images, or pass {root / 'train'} "
+                        "to split its class folders 80/10/10")
+    else:
+        layout = "class folders, stratified 80/10/10 train/val/test"
+        splits = {"all": _class_files(root, limit)}
+    classes = _check_same_classes(root, splits)
+
+    files = [path for per_class in splits.values() for c in classes for path in per_class[c]]
+    cache = build_image_cache(files, size, channels, Path(cfg["cache_dir"]) if cfg["cache_dir"] else None,
+                              num_workers=max(1, min(os.cpu_count() or 1, 4)), progress=progress)
+    skipped = [(_relative(p, root), reason) for p, reason in cache.skipped]
+    if skipped and cfg["strict"]:
+        raise UserError(f"--strict: {len(skipped)} unreadable image file(s) under {root}, first: "
+                        f"{skipped[0][0]} ({skipped[0][1]})")
+    if skipped:
+        listing = "\n".join(f"  {f}: {r}" for f, r in skipped)
+        print(f"warning: skipped {len(skipped)} unreadable image file(s) under {root} "
+              f"(also in summary.json 'skipped_files'; --strict makes this an error):\n{listing}", file=sys.stderr)
+
+    row_of = {path: row for row, path in enumerate(cache.paths)}
+    label_of = {c: i for i, c in enumerate(classes)}
+
+    def rows_and_labels(per_class: dict[str, list[Path]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        kept = [(row_of[p], label_of[c], _relative(p, root)) for c in classes for p in per_class[c] if p in row_of]
+        for c in classes:
+            if not any(label == label_of[c] for _, label, _ in kept):
+                raise UserError(f"--data: class '{c}' under {root} has no readable images")
+        rows, labels, names = zip(*kept)
+        return np.array(rows), np.array(labels, dtype=np.int64), list(names)
+
+    seed = cfg["split_seed"]
+    if "all" in splits:
+        parts = _split(rows_and_labels(splits["all"]), (0.8, 0.1, 0.1), seed, classes)
+    elif "val" in splits:
+        parts = [rows_and_labels(splits[s]) for s in ("train", "val", "test")]
+    else:
+        fraction = cfg["val_fraction"]
+        parts = _split(rows_and_labels(splits["train"]), (1 - fraction, fraction), seed, classes)
+        parts.append(rows_and_labels(splits["test"]))
+    sets = [ImageSet(cache.pixels, rows, labels, names) for rows, labels, names in parts]
+    return Data(classes, *sets, source=str(root), layout=layout, skipped=skipped)
+
+
+def _class_files(folder: Path, limit: int | None) -> dict[str, list[Path]]:
+    """Image files per class folder, sorted; hidden files and folders and non-image files are ignored."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = {}
+    for c in classes:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder / c):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
+        if not found:
+            raise UserError(f"--data: class folder {folder / c} has no image files "
+                            "(expected .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif files)")
+        files[c] = sorted(found)[:limit]
+    if len(classes) < 2:
+        raise UserError(f"--data: {folder} has {len(classes)} class folder(s); at least two are needed "
+                        "(one sub-folder of images per class)")
+    return files
+
+
+def _check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) -> list[str]:
+    names = list(splits)
+    classes = list(splits[names[0]])
+    for other in names[1:]:
+        missing = sorted(set(classes) - set(splits[other]))
+        extra = sorted(set(splits[other]) - set(classes))
+        if missing or extra:
+            where, what = (root / other, missing[0]) if missing else (root / names[0], extra[0])
+            raise UserError(f"--data: class '{what}' is missing from {where}: every split folder needs the same "
+                            "class folders")
+    return classes
+
+
+Part = tuple[np.ndarray, np.ndarray, list[str]]  # pixel rows, labels, names
+
+
+def _split(whole: Part, fractions: tuple[float, ...], seed: int, classes: list[str] | None = None) -> list[Part]:
+    """Stratified split into len(fractions) parts, reproducible from `seed`; each part keeps the original order."""
+    rows, labels, names = whole
+    counts = Counter(labels.tolist())
+    need = len(fractions)
+    small = [c for c, n in counts.items() if n < need]
+    if small:
+        name = classes[small[0]] if classes else str(small[0])
+        raise UserError(f"--data: class '{name}' has only {counts[small[0]]} image(s); a stratified split needs at "
+                        f"least {need} per class")
+    index = np.arange(len(rows))
+    first, rest = train_test_split(index, train_size=fractions[0], stratify=labels, random_state=seed)
+    pieces = [first, rest]
+    if len(fractions) == 3:
+        second, third = train_test_split(rest, test_size=fractions[2] / (1 - fractions[0]), stratify=labels[rest],
+                                         random_state=seed)
+        pieces = [first, second, third]
+    return [(rows[p], labels[p], [names[i] for i in p]) for p in map(np.sort, pieces)]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def train_transform(names: list[str], size: int, channels: int) -> v2.Compose:
+    """Random augmentations on uint8 [C, S, S] tensors; each keeps the image size."""
+    color = channels == 3
+    make = {
+        "hflip": lambda: v2.RandomHorizontalFlip(),
+        "vflip": lambda: v2.RandomVerticalFlip(),
+        "rotate": lambda: v2.RandomRotation(10),
+        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+        "color_jitter": lambda: v2.ColorJitter(0.3, 0.3, 0.3 if color else 0, 0.05 if color else 0),
+        "gaussian_blur": lambda: v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+        "sharpness": lambda: v2.RandomAdjustSharpness(2.0, p=0.3),
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+        "randaugment": lambda: v2.RandAugment(),
+        "trivialaugment": lambda: v2.TrivialAugmentWide(),
+    }
+    return v2.Compose([make[name]() for name in names])
+
+
+def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units over (an evenly spaced subset of) a split."""
+    step = max(1, len(images) // max_images)
+    total = total_sq = 0.0
+    count = 0
+    for start in range(0, len(images), 256 * step):
+        rows = images.rows[start:start + 256 * step:step]
+        batch = torch.from_numpy(np.ascontiguousarray(images.pixels[rows])).double().div_(255)
+        total = total + batch.sum(dim=(0, 2, 3))
+        total_sq = total_sq + batch.square().sum(dim=(0, 2, 3))
+        count += batch.numel() // batch.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency cross-entropy weights, n / (K * n_c)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
+                pin_memory: bool) -> DataLoader:
+    """Training loaders shuffle (or sample by inverse class frequency) from `generator`, which the engine reseeds
+    every epoch: shuffling order and worker augmentation seeds then depend only on (seed, epoch)."""
+    sampler = None
+    if train and cfg["balanced_sampler"]:
+        per_class = np.bincount(images.labels)
+        weights = torch.as_tensor(1.0 / per_class[images.labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, len(images), replacement=True, generator=generator)
+    return DataLoader(images, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      num_workers=cfg["num_workers"], pin_memory=pin_memory, generator=generator,
+                      drop_last=False)

@@ -1,0 +1,293 @@
+"""Training engine shared by Part A and Part B: optimisers, LR schedules, AMP, early stopping, checkpoints, resume.
+
+Resume is exact: at the start of every epoch all RNGs (and the loader's generator) are reseeded from (seed, epoch),
+and `last.pt` holds everything else that carries across epochs. A run killed at any moment restarts from its last
+completed epoch and, with --deterministic, ends with the same metrics as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from core.checkpoint import load_checkpoint, save_atomic
+from core.config import Option
+from core.data import Data, class_weights, make_loader, train_transform
+from core.errors import UserError
+from core.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+
+METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
+
+ENGINE_OPTIONS = {
+    "epochs": Option(10, "training epochs", "int", min=0),
+    "batch_size": Option(64, "training batch size (evaluation uses twice this)", "int", min=1),
+    "learning_rate": Option(1e-3, "peak learning rate", "float", min=1e-12, max=10),
+    "optimizer": Option("adam", "optimiser", choices=OPTIMIZERS),
+    "momentum": Option(0.9, "momentum for sgd and rmsprop", "float", min=0, max=0.999),
+    "nesterov": Option(False, "Nesterov momentum (sgd)", "bool"),
+    "weight_decay": Option(0.0, "weight decay (decoupled for adamw)", "float", min=0, max=1),
+    "label_smoothing": Option(0.0, "label smoothing of the training loss", "float", min=0, max=0.5),
+    "grad_clip": Option(None, "clip the gradient norm to this value", "float", min=1e-6, nullable=True),
+    "scheduler": Option("cosine", "learning-rate schedule", choices=SCHEDULERS),
+    "warmup_epochs": Option(0.0, "linear warm-up (cosine; onecycle's rise when > 0)", "float", min=0),
+    "step_size": Option(5, "epochs between decays (step)", "int", min=1),
+    "gamma": Option(0.1, "decay factor (step, exponential per epoch, plateau)", "float", min=1e-6, max=1),
+    "plateau_patience": Option(2, "epochs without improvement before plateau decays the LR", "int", min=0),
+    "patience": Option(None, "early stopping: epochs without improvement before stopping", "int", min=1,
+                       nullable=True),
+    "min_delta": Option(0.0, "early stopping: smallest change that counts as improvement", "float", min=0),
+    "monitor": Option(METRIC, "metric that selects the best checkpoint and drives early stopping",
+                      choices=("val_acc", "val_loss")),
+    "amp": Option("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16 or off",
+                  choices=("auto", "bf16", "fp16", "off")),
+    "channels_last": Option(True, "channels-last memory format (faster convolutions)", "bool"),
+    "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
+    "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
+    "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
+}
+
+
+@dataclass
+class Progress:
+    """What carries from one epoch to the next, besides model/optimiser/scheduler states."""
+
+    epoch: int = 0  # epochs completed
+    best_epoch: int = 0
+    best_value: float | None = None
+    best_metrics: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+
+    def update(self, metrics: dict, monitor: str, min_delta: float) -> bool:
+        value = metrics[monitor]
+        sign = 1 if monitor == "val_acc" else -1
+        improved = self.best_value is None or sign * (value - self.best_value) > min_delta
+        if improved:
+            self.best_epoch, self.best_value, self.best_metrics, self.bad_epochs = metrics["epoch"], value, metrics, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    lr, wd = cfg["learning_rate"], cfg["weight_decay"]
+    name = cfg["optimizer"]
+    if name == "sgd":
+        if cfg["nesterov"] and cfg["momentum"] == 0:
+            raise UserError("--nesterov=true needs --momentum > 0")
+        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
+    """Returns (scheduler or None, when it steps: 'batch' | 'epoch' | 'plateau')."""
+    name, epochs = cfg["scheduler"], max(cfg["epochs"], 1)
+    total = epochs * steps_per_epoch
+    cycles_momentum = cfg["optimizer"] in ("adam", "adamw") or cfg["momentum"] > 0
+    if name == "none":
+        return None, "epoch"
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
+    if name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg["gamma"]), "epoch"
+    if name == "cosine":
+        warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "batch"
+    if name == "onecycle":
+        rise = cfg["warmup_epochs"] / epochs if cfg["warmup_epochs"] > 0 else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=min(rise, 0.95), cycle_momentum=cycles_momentum), "batch"
+    if name == "cyclic":
+        return torch.optim.lr_scheduler.CyclicLR(
+            optimizer, base_lr=[g["lr"] / 10 for g in optimizer.param_groups],
+            max_lr=[g["lr"] for g in optimizer.param_groups], step_size_up=max(1, 2 * steps_per_epoch),
+            cycle_momentum=cycles_momentum), "batch"
+    mode = "max" if cfg["monitor"] == "val_acc" else "min"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg["gamma"],
+                                                      patience=cfg["plateau_patience"]), "plateau"
+
+
+class Batches:
+    """Moves uint8 batches to the device and normalises them there (one fused pass, in the model's memory format)."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool):
+        shape = (1, len(mean), 1, 1)
+        self.mean = torch.tensor(mean, device=device).mul(255).view(shape)
+        self.std = torch.tensor(std, device=device).mul(255).view(shape)
+        self.device, self.channels_last = device, channels_last
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.float().sub_(self.mean).div_(self.std)
+        return images, labels.to(self.device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None, desc: str = "eval",
+             keep_outputs: bool = False) -> dict[str, Any]:
+    """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits."""
+    model.eval()
+    total_loss, correct, count, outputs = 0.0, 0, 0, []
+    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        images, labels = batches(images, labels)
+        with autocast(batches.device, amp):
+            logits = model(images)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += len(labels)
+        if keep_outputs:
+            outputs.append(logits.cpu())
+    result = {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
+    if keep_outputs:
+        result["logits"] = torch.cat(outputs) if outputs else torch.empty(0)
+    return result
+
+
+def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, loss_fn, scheduler, step_on: str,
+                    grad_clip: float | None, desc: str) -> dict[str, float]:
+    model.train()
+    total_loss = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    count = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch")
+    for images, labels in bar:
+        images, labels = batches(images, labels)
+        with autocast(batches.device, amp):
+            logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()}: lower --learning_rate or set --grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None and step_on == "batch":
+            scheduler.step()
+        # Accumulate on the device: no host sync per batch.
+        total_loss += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        count += len(labels)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss.item() / max(count, 1), "train_acc": correct.item() / max(count, 1),
+            "images_per_sec": count / seconds if seconds > 0 else 0.0}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
+        normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None
+        ) -> dict[str, Any]:
+    """Train with validation every epoch, keep the best checkpoint, and (cfg['test']) evaluate it on the test
+    split. `log(metrics, epoch)` receives each epoch's metrics. Returns the run summary."""
+    device = resolve_device(cfg["device"])
+    amp = resolve_amp(cfg["amp"], device)
+    model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    batches = Batches(*normalization, device, cfg["channels_last"])
+    channels, size = data.train.pixels.shape[1], data.train.pixels.shape[-1]
+    train_set = data.train.with_transform(
+        train_transform(cfg["augmentations"], size, channels) if cfg["augmentation"] else None)
+    generator = torch.Generator()
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, pin)
+    val_loader = make_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
+
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scheduler, step_on = build_scheduler(optimizer, cfg, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    weights = class_weights(data.train.labels, len(data.classes)).to(device) if cfg["class_weights"] == "auto" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg["label_smoothing"])
+
+    progress = Progress()
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    epochs = cfg["epochs"]
+    for epoch in tqdm(range(progress.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
+                      initial=progress.epoch, total=epochs):
+        seed_everything(epoch_seed(cfg["seed"], epoch))
+        generator.manual_seed(epoch_seed(cfg["seed"], epoch))
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[-1]["lr"]
+        train = train_one_epoch(model, train_loader, batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
+                                cfg["grad_clip"], f"epoch {epoch}/{epochs}")
+        val = evaluate(model, val_loader, batches, amp, desc="validate")
+        metrics = {"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"], "learning_rate": lr}
+        if scheduler is not None and step_on == "epoch":
+            scheduler.step()
+        elif scheduler is not None and step_on == "plateau":
+            scheduler.step(metrics[cfg["monitor"]])
+        metrics["epoch_seconds"] = time.perf_counter() - epoch_start
+        progress.train_seconds += metrics["epoch_seconds"]
+        if progress.update(metrics, cfg["monitor"], cfg["min_delta"]):
+            save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "classes": data.classes,
+                         "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
+                        best_path)
+        progress.epoch = epoch
+        log(metrics, epoch)
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state()}, last_path)
+        tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
+                   f"  val_loss {val['loss']:.4f}  val_acc {val['acc']:.4f}  lr {lr:.2e}"
+                   f"  {train['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f}s")
+        if cfg["patience"] is not None and progress.bad_epochs >= cfg["patience"]:
+            tqdm.write(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
+            break
+
+    best = progress.best_metrics
+    summary = {"val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"), "best_epoch": progress.best_epoch,
+               "epochs_run": progress.epoch, "train_seconds": progress.train_seconds, **(extra or {})}
+    if cfg.get("test"):
+        if not best_path.exists():
+            raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
+        model.load_state_dict(load_checkpoint(best_path, device)["model"])
+        test_loader = make_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
+        test = evaluate(model, test_loader, batches, amp, desc="test")
+        summary.update(test_acc=test["acc"], test_loss=test["loss"])
+        tqdm.write(f"test (best epoch {progress.best_epoch}): loss {test['loss']:.4f}  acc {test['acc']:.4f}")
+    return summary
+
+
+def describe_amp(cfg: dict) -> str:
+    dtype = resolve_amp(cfg["amp"], resolve_device(cfg["device"]))
+    return "off" if dtype is None else str(dtype).removeprefix("torch.")
+

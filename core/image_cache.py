@@ -1,0 +1,116 @@
+"""Decode and resize every image once; later epochs, runs and sweep trials read uint8 pixels from a memory-mapped file.
+
+A cache is `<key>.npy` (rows of uint8 [channels, size, size]) plus `<key>.json` (paths, skipped files with reasons,
+shape) under `cache_dir`. The key hashes the paths in the order given, each file's size and mtime, the image size,
+channels and FORMAT_VERSION, so any change to the file list or a file gives a new key and a fresh build. The .json is
+renamed into place last, so only a finished build is ever found. Old caches are never deleted: clear the directory
+to reclaim the space.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from core.images import BadImageError, load_image
+from core.paths import default_cache_dir
+
+FORMAT_VERSION = 1  # bump when load_image's output changes, to invalidate existing caches
+
+
+@dataclass
+class CachedImages:
+    paths: list[Path]  # the good files, in the order given
+    skipped: list[tuple[Path, str]]  # (path, reason) for files that could not be decoded
+    pixels: np.memmap  # uint8 [len(paths), channels, size, size], read-only
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def build_image_cache(
+    paths: list[Path],
+    size: int,
+    channels: int,
+    cache_dir: Path | None = None,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> CachedImages:
+    """Return the cache of `paths` decoded by `load_image(path, size, channels)`, building it first if needed.
+
+    Safe for concurrent callers in separate processes: one builds while the others wait, then all read its result.
+    """
+    paths = [Path(p) for p in paths]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "images"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(paths, size, channels)
+    npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if not meta.exists():
+        with open(cache_dir / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if this process dies
+            if not meta.exists():  # another process may have built it while we waited
+                _build(paths, size, channels, npy, meta, num_workers, progress)
+    info = json.loads(meta.read_text())
+    bad = dict(info["skipped"])
+    good = [p for i, p in enumerate(paths) if i not in bad]
+    pixels = np.load(npy, mmap_mode="r")[: len(good)]  # the file has len(bad) unused rows at the end
+    return CachedImages(good, [(paths[i], reason) for i, reason in info["skipped"]], pixels)
+
+
+def _cache_key(paths: list[Path], size: int, channels: int) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION} size={size} channels={channels}\n".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.absolute()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+class _Decode(Dataset):
+    def __init__(self, paths: list[Path], size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return i, load_image(self.paths[i], self.size, self.channels)
+        except BadImageError as e:
+            return i, str(e)
+
+
+def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, num_workers: int, progress: bool):
+    tmp = npy.with_name(npy.name + ".partial")
+    # one row per path; bad files are left out, so the last len(skipped) rows stay unused
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
+    loader = DataLoader(_Decode(paths, size, channels), batch_size=16, num_workers=num_workers, collate_fn=list)
+    n, skipped = 0, []
+    with tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            for i, x in batch:
+                if isinstance(x, str):
+                    skipped.append((i, x))
+                else:
+                    pixels[n] = x.numpy()
+                    n += 1
+            bar.update(len(batch))
+    pixels.flush()
+    del pixels
+    os.replace(tmp, npy)
+    info = {
+        "version": FORMAT_VERSION,
+        "shape": [n, channels, size, size],
+        "paths": [str(p.absolute()) for p in paths],
+        "skipped": skipped,
+    }
+    meta_tmp = meta.with_name(meta.name + ".partial")
+    meta_tmp.write_text(json.dumps(info, indent=1))
+    os.replace(meta_tmp, meta)

@@ -1,0 +1,101 @@
+"""Experiment tracking: W&B (online, offline or disabled) plus the same records written into the run directory.
+
+The mode comes from --wandb_mode, else $WANDB_MODE, else `online` when an API key is configured (`wandb login`
+or $WANDB_API_KEY) and `offline` otherwise, so a run never blocks waiting for a server it cannot reach.
+Offline runs land in `<run_dir>/wandb/` and can be uploaded later with `wandb sync <run_dir>/wandb/offline-run-*`.
+"""
+from __future__ import annotations
+
+import json
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from core.config import Option
+from core.errors import UserError
+
+MODES = ("online", "offline", "disabled")
+
+TRACKING_OPTIONS = {
+    "wandb_mode": Option(None, "W&B mode (default: $WANDB_MODE, else online if an API key is configured, else "
+                               "offline)", choices=MODES, nullable=True),
+    "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT)", nullable=True),
+    "wandb_entity": Option(None, "W&B entity, a user or team (default: $WANDB_ENTITY)", nullable=True),
+}
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(flag: str | None) -> str:
+    mode = flag or os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
+    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    if mode not in MODES:
+        raise UserError(f"WANDB_MODE={mode!r} is not valid: use one of {', '.join(MODES)}")
+    return mode
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Tracker:
+    """Logs per-epoch metrics to `metrics.jsonl` and W&B, and the run summary to `summary.json` and W&B."""
+
+    def __init__(self, run_dir: Path, cfg: dict, run_name: str, resume: bool):
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
+            if resume and self.metrics_path.exists() else []
+        self.mode = resolve_mode(cfg["wandb_mode"])
+        self.run = None
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else None
+        under_agent = bool(os.environ.get("WANDB_SWEEP_ID"))
+        self.run = wandb.init(
+            project=cfg["wandb_project"] or os.environ.get("WANDB_PROJECT"),
+            entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"),
+            name=None if under_agent else run_name, id=None if under_agent else run_id,
+            resume="allow", dir=str(run_dir), config=cfg, mode=self.mode,
+        )
+        id_file.write_text(self.run.id)
+
+    def sweep_config(self) -> dict:
+        """Parameters a W&B sweep agent set for this run (they win over the command line)."""
+        return dict(self.run.config) if self.run is not None and self.run.sweep_id else {}
+
+    def log(self, metrics: dict, step: int) -> None:
+        # A resumed run redoes epochs after its last checkpoint: drop their earlier records.
+        if any(row["epoch"] >= step for row in self.history):
+            self.history = [row for row in self.history if row["epoch"] < step]
+            self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+        self.history.append(metrics)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, summary: dict) -> None:
+        write_json(self.run_dir / "summary.json", summary)
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in summary.items() if v is not None})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
