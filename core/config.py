@@ -81,7 +81,7 @@ def _describe(opt: Option) -> str:
 
 def parse_value(name: str, opt: Option, raw: Any) -> Any:
     """Convert a command-line string or a YAML value to the option's type, or raise UserError naming the flag."""
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE):
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE and raw.strip() not in opt.choices):
         if opt.nullable:
             return None
         raise UserError(f"--{name}: a value is required: expected {_describe(opt)}")

@@ -222,7 +222,7 @@ def _split(whole: Part, fractions: tuple[float, ...], seed: int, classes: list[s
     first, rest = train_test_split(index, train_size=fractions[0], stratify=labels, random_state=seed)
     pieces = [first, rest]
     if len(fractions) == 3:
-        second, third = train_test_split(rest, test_size=fractions[2] / (1 - fractions[0]), stratify=labels[rest],
+        second, third = train_test_split(rest, test_size=fractions[2] / (fractions[1] + fractions[2]), stratify=labels[rest],
                                          random_state=seed)
         pieces = [first, second, third]
     return [(rows[p], labels[p], [names[i] for i in p]) for p in map(np.sort, pieces)]

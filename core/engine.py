@@ -150,7 +150,7 @@ def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None
     """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits."""
     model.eval()
     total_loss, correct, count, outputs = 0.0, 0, 0, []
-    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch"):
+    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         images, labels = batches(images, labels)
         with autocast(batches.device, amp):
             logits = model(images)
@@ -173,8 +173,7 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
     count = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch")
-    for images, labels in bar:
+    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         images, labels = batches(images, labels)
         with autocast(batches.device, amp):
             logits = model(images)
@@ -242,7 +241,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     epochs = cfg["epochs"]
     for epoch in tqdm(range(progress.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
-                      initial=progress.epoch, total=epochs):
+                      initial=progress.epoch, total=epochs, disable=None):
         seed_everything(epoch_seed(cfg["seed"], epoch))
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
 from core.images import BadImageError, load_image
@@ -73,35 +73,40 @@ def _cache_key(paths: list[Path], size: int, channels: int) -> str:
     return h.hexdigest()[:32]
 
 
-class _Decode(Dataset):
+class _DecodeChunk(Dataset):
+    """Item = a list of indices -> (their decoded pixels stacked, [(index, reason)] for the bad ones).
+
+    Chunks, not single images, cross from the workers: one shared-memory tensor per chunk is much cheaper.
+    """
+
     def __init__(self, paths: list[Path], size: int, channels: int):
         self.paths, self.size, self.channels = paths, size, channels
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
-        try:
-            return i, load_image(self.paths[i], self.size, self.channels)
-        except BadImageError as e:
-            return i, str(e)
+    def __getitem__(self, chunk: list[int]) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        x = torch.empty(len(chunk), self.channels, self.size, self.size, dtype=torch.uint8)
+        n, bad = 0, []
+        for i in chunk:
+            try:
+                x[n] = load_image(self.paths[i], self.size, self.channels)
+                n += 1
+            except BadImageError as e:
+                bad.append((i, str(e)))
+        return x[:n], bad
 
 
 def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, num_workers: int, progress: bool):
     tmp = npy.with_name(npy.name + ".partial")
     # one row per path; bad files are left out, so the last len(skipped) rows stay unused
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
-    loader = DataLoader(_Decode(paths, size, channels), batch_size=16, num_workers=num_workers, collate_fn=list)
+    chunks = BatchSampler(SequentialSampler(paths), batch_size=16, drop_last=False)
+    loader = DataLoader(_DecodeChunk(paths, size, channels), sampler=chunks, batch_size=None, num_workers=num_workers)
     n, skipped = 0, []
     with tqdm(total=len(paths), desc="decoding images", unit="img", disable=not progress) as bar:
-        for batch in loader:
-            for i, x in batch:
-                if isinstance(x, str):
-                    skipped.append((i, x))
-                else:
-                    pixels[n] = x.numpy()
-                    n += 1
-            bar.update(len(batch))
+        for x, bad in loader:
+            pixels[n : n + len(x)] = x.numpy()
+            n += len(x)
+            skipped += bad
+            bar.update(len(x) + len(bad))
     pixels.flush()
     del pixels
     os.replace(tmp, npy)

@@ -41,34 +41,41 @@ def load_image(path: str | os.PathLike, size: int, channels: int) -> torch.Tenso
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if os.stat(path).st_size == 0:
-        raise BadImageError("zero-byte file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is checked below instead
-            im = Image.open(path, formats=FORMATS)
-    except UnidentifiedImageError:
-        raise BadImageError("not an image (cannot identify format)") from None
-    except Image.DecompressionBombError:  # Pillow's own hard limit, 2 * Image.MAX_IMAGE_PIXELS
-        raise BadImageError(f"image too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (limit {MAX_PIXELS:,})") from None
-    with im:
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise BadImageError(f"image too large: {w}x{h} pixels (limit {MAX_PIXELS:,})")
-        fmt = im.format
+    with open(path, "rb") as f:  # a missing or unreadable file is not a bad image: its OSError propagates
+        if os.fstat(f.fileno()).st_size == 0:
+            raise BadImageError("zero-byte file")
+        fmt = "image"
         try:
-            if isinstance(im, JpegImagePlugin.JpegImageFile):
-                # decode at 1/2, 1/4 or 1/8 scale in the DCT domain while staying >= size on both sides
-                im.draft("L" if channels == 1 else "RGB", (size, size))
-            im.load()  # raises on truncated data (unless someone set ImageFile.LOAD_TRUNCATED_IMAGES)
-            ImageOps.exif_transpose(im, in_place=True)
-            if im.has_transparency_data:
-                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            if im.mode.startswith("I"):  # 16/32-bit integer grey; Pillow's convert() would clip it to 0..255
-                im = Image.fromarray((np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8))
-            im = im.convert("L" if channels == 1 else "RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is checked instead
+                im = Image.open(f, formats=FORMATS)
+            fmt = im.format
+            if im.width * im.height > MAX_PIXELS:
+                raise BadImageError(f"image too large: {im.width}x{im.height} pixels (limit {MAX_PIXELS:,})")
+            im = _decode(im, size, "L" if channels == 1 else "RGB")
+        except BadImageError:
+            raise
+        except UnidentifiedImageError:
+            raise BadImageError("not an image (cannot identify format)") from None
+        except Image.DecompressionBombError:  # Pillow's own limit, 2 * Image.MAX_IMAGE_PIXELS, hit before ours
+            raise BadImageError(f"image too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (limit {MAX_PIXELS:,})") from None
         except Exception as e:  # Pillow's plugins raise many types on malformed data
             raise BadImageError(f"truncated or corrupt {fmt}: {e}") from None
     x = torch.from_numpy(np.array(im))
     x = x[None] if channels == 1 else x.permute(2, 0, 1)  # channels-last strides: the faster uint8 resize kernel
     return F.resize(x, [size, size], antialias=True).contiguous()
+
+
+def _decode(im: Image.Image, size: int, mode: str) -> Image.Image:
+    """Load a just-opened image as an upright, opaque, 8-bit image of `mode`."""
+    if isinstance(im, JpegImagePlugin.JpegImageFile):
+        # decode at 1/2, 1/4 or 1/8 scale in the DCT domain, but only down to 2 x size so that the antialiased
+        # resize still does the last step: the same pixels as a full decode, within about 1 level
+        im.draft(mode, (2 * size, 2 * size))
+    im.load()  # raises on truncated data (unless someone set ImageFile.LOAD_TRUNCATED_IMAGES)
+    ImageOps.exif_transpose(im, in_place=True)
+    if im.has_transparency_data:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    if im.mode.startswith("I"):  # 16/32-bit integer grey; Pillow's convert() would clip it to 0..255
+        im = Image.fromarray((np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8))
+    return im if im.mode == mode else im.convert(mode)

@@ -88,7 +88,7 @@ class Tracker:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log(metrics, step=step, commit=True)
 
     def summary(self, summary: dict) -> None:
         write_json(self.run_dir / "summary.json", summary)

@@ -29,6 +29,9 @@ With m filters of size k x k in every layer:
 FLOPs match torch.utils.flop_counter.FlopCounterMode for a batch of one: it counts 2 * MACs of convolutions and
 matrix products only (biases, batch norm, activations, pooling and the extra pad of even kernels count 0).
 
+Default config (S=224, c_0=3, m=32, k=3, n=256, C=10): 442,282 params with batch norm (442,122 without),
+197,294,592 MACs (197.3 M), 394,589,184 FLOPs (0.395 G) per image either way.
+
 Run `python part_a/counting.py --base_filters=32 --filter_counts_strategy=doubling ...` for a per-layer table.
 """
 from __future__ import annotations

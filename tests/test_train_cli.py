@@ -1,0 +1,174 @@
+"""part_a/train.py end to end, as a user runs it (subprocesses from the repo root)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, write_class_folders
+from wandb_records import history_and_summary
+
+FAST = ["--input_size=32", "--base_filters=8", "--dense_neurons=32", "--batch_size=64"]
+
+
+def train(*args, env=None, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "part_a/train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_digits_run_writes_every_artifact(tmp_path):
+    train("--data=digits", "--epochs=2", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
+    run = tmp_path / "r"
+    assert {"config.yaml", "split.json", "metrics.jsonl", "summary.json", "best.pt", "last.pt"} <= {
+        p.name for p in run.iterdir()}
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("val_acc", "val_loss", "test_acc", "test_loss", "params", "flops", "epochs_run", "skipped_files",
+                "train_seconds"):
+        assert key in summary, key
+    assert summary["status"] == "finished" and summary["epochs_run"] == 2 and summary["skipped_files"] == []
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "learning_rate", "epoch_seconds",
+            "images_per_sec"} <= set(rows[0])
+    # the summary reports the best epoch, and the test metrics come from the best checkpoint
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert summary["val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["num_classes"] == 10 and config["input_size"] == 32
+    from part_a.counting import count_cnn
+    from part_a.model import MODEL_OPTIONS
+
+    assert summary["params"] == count_cnn({k: config[k] for k in MODEL_OPTIONS})["params"]
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert checkpoint["epoch"] == best["epoch"]
+
+
+def test_test_metrics_come_from_the_best_checkpoint(tmp_path):
+    """Re-evaluate best.pt on the saved test split independently and compare with the summary."""
+    train("--data=digits", "--epochs=3", "--test", "--learning_rate=0.05", "--optimizer=sgd",
+          f"--out_dir={tmp_path}", "--run_name=r", "--amp=off", *FAST)
+    run = tmp_path / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    from core.config import parse_args
+    from core.data import load_data
+    from part_a.model import MODEL_OPTIONS, build_cnn
+    from part_a.train import OPTIONS
+
+    cfg, _ = parse_args(["--config", str(run / "config.yaml")], OPTIONS)
+    data = load_data(cfg, cfg["input_size"], cfg["in_channels"], progress=False)
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    model = build_cnn({k: cfg[k] for k in MODEL_OPTIONS})
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    mean = torch.tensor(checkpoint["normalization"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(checkpoint["normalization"]["std"]).view(1, -1, 1, 1)
+    images = torch.from_numpy(data.test.pixels[data.test.rows]).float() / 255
+    with torch.no_grad():
+        predictions = model((images - mean) / std).argmax(1)
+    accuracy = (predictions == torch.from_numpy(data.test.labels)).sum().item() / len(predictions)
+    assert accuracy == pytest.approx(summary["test_acc"], abs=1e-9)
+
+
+def test_class_folder_dataset_trains(tmp_path):
+    data = write_class_folders(tmp_path / "photos", per_class=12)
+    train(f"--data={data}", "--epochs=1", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    assert summary["test_acc"] is not None and len(split["test"]) == 4 and split["classes"] == ["cat", "dog", "owl"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--activation=swish"], "--activation: 'swish' is not valid"),
+    (["--epochs=-2"], "--epochs: -2 is out of range"),
+    (["--input_size=16"], "smallest input size that works is 32"),
+    (["--data=/no/such/folder"], "/no/such/folder is not a folder"),
+    (["--lr=0.1"], "unknown option 'lr'"),
+    (["--resume"], "--resume needs --run_name"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, args, fragment):
+    proc = train(*args, f"--out_dir={tmp_path}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    train("--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
+    proc = train("--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", *FAST, check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def _wait_for(path: Path, predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {path}")
+
+
+def test_resume_after_kill_is_exact(tmp_path):
+    args = ["--data=digits", "--epochs=3", "--deterministic", "--test", "--scheduler=onecycle",
+            "--augmentation=true", "--dropout_rate=0.3", f"--out_dir={tmp_path}", *FAST]
+    train(*args, "--run_name=whole")
+    killed = subprocess.Popen([sys.executable, "part_a/train.py", *args, "--run_name=killed"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed"
+    _wait_for(run / "metrics.jsonl", lambda: len(read_metrics(run)) >= 1 and (run / "last.pt").exists())
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["status"] != "finished"
+    train("--resume", "--run_name=killed", f"--out_dir={tmp_path}")
+    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(run)
+    drop = ("epoch_seconds", "images_per_sec")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in whole] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in resumed]
+    a, b = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("whole", "killed"))
+    assert (a["test_acc"], a["test_loss"], a["val_acc"]) == (b["test_acc"], b["test_loss"], b["val_acc"])
+
+
+def test_sigterm_saves_and_finishes_the_offline_wandb_run(tmp_path):
+    proc = subprocess.Popen([sys.executable, "part_a/train.py", "--epochs=50", f"--out_dir={tmp_path}",
+                             "--run_name=r", *FAST], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    run = tmp_path / "r"
+    _wait_for(run / "metrics.jsonl", lambda: len(read_metrics(run)) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "--resume --run_name=r" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"].startswith("interrupted")
+    logged = len(read_metrics(run))
+    assert torch.load(run / "last.pt", weights_only=True)["progress"]["epoch"] >= logged - 1
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    # every logged epoch is in the offline W&B file, and the summary holds the best epoch, not the last
+    history, wandb_summary, _ = history_and_summary(run)
+    assert sorted(row["epoch"] for row in history) == list(range(1, logged + 1))
+    assert wandb_summary["status"] == summary["status"]
+
+
+def test_wandb_summary_holds_the_best_epoch(tmp_path):
+    # A learning rate this high makes the last epochs worse than the best one on purpose.
+    train("--epochs=4", "--learning_rate=0.3", "--optimizer=sgd", "--scheduler=none", "--batch_norm=false",
+          "--deterministic", f"--out_dir={tmp_path}", "--run_name=r", *FAST, env={"WANDB_MODE": "offline"})
+    run = tmp_path / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    history, wandb_summary, _ = history_and_summary(run)
+    assert len(history) == 4 and history[-1]["val_acc"] < summary["val_acc"]
+    assert wandb_summary["val_acc"] == summary["val_acc"] == max(row["val_acc"] for row in history)
+    assert wandb_summary["params"] == summary["params"] and wandb_summary["flops"] == summary["flops"]
