@@ -20,7 +20,8 @@ def write_png(path: Path, w: int, h: int, depth: int, color_type: int, rows: byt
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    chunks = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
     return path
 
 
@@ -132,16 +133,18 @@ def test_tiny_and_extreme_aspect_ratio_keep_everything(tmp_path):
 
 
 def test_downscale_is_antialiased(tmp_path):
-    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
-    Image.fromarray(checker).save(tmp_path / "checker.png")
-    assert near(load_image(tmp_path / "checker.png", 16, 1), (128,), 2)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    # antialiased 4x downscale averages ~64 pixels per output pixel (std ~10); plain bilinear samples 4 (std ~37)
+    assert load_image(tmp_path / "noise.png", 16, 1).float().std() < 20
 
 
-def test_large_jpeg_draft_decode_matches_full_decode(tmp_path):
-    photo(1600, 1200).save(tmp_path / "big.jpg", quality=95)
+def test_jpeg_draft_decode_matches_full_decode(tmp_path):
+    texture = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(texture).resize((512, 512), Image.BILINEAR).save(tmp_path / "big.jpg", quality=90)
     full = torch.from_numpy(np.array(Image.open(tmp_path / "big.jpg"))).permute(2, 0, 1)
     ref = F.resize(full, [64, 64], antialias=True)
-    assert (load_image(tmp_path / "big.jpg", 64, 3).float() - ref.float()).abs().mean() < 2
+    assert (load_image(tmp_path / "big.jpg", 64, 3).float() - ref.float()).abs().mean() < 3
 
 
 def test_bad_channels(tmp_path):
@@ -163,6 +166,9 @@ def _cut_jpeg(path: Path, fraction: float) -> None:
         ("notes.jpg", lambda p: p.write_text("just some text\n" * 20), "not an image"),
         ("page.png", lambda p: p.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>"), "not an image"),
         ("noise.jpg", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "not an image"),
+        # formats Pillow knows but we do not accept (EPS would run Ghostscript)
+        ("eps.jpg", lambda p: p.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), "not an image"),
+        ("ppm.jpg", lambda p: Image.new("RGB", (4, 4)).save(p, format="PPM"), "not an image"),
         ("half.jpg", lambda p: _cut_jpeg(p, 0.5), "truncated or corrupt JPEG"),  # not a half-grey image
         ("header.jpg", lambda p: _cut_jpeg(p, 0.02), "truncated or corrupt"),
         ("bomb.png", lambda p: write_png(p, 20000, 20000, 8, 2, b"\0" * 61), "too large"),

@@ -1,0 +1,168 @@
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.image_cache as image_cache
+from core.image_cache import build_image_cache
+from core.images import load_image
+
+IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette" / "train"
+
+
+def make_files(folder: Path, n: int = 10) -> list[Path]:
+    """n small JPEGs of different sizes and colours, with two bad files among them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, (20 + i, 30 + 2 * i, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.jpg")
+        paths.append(folder / f"img{i:02d}.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture")
+    return paths[:3] + [folder / "empty.jpg"] + paths[3:7] + [folder / "notes.png"] + paths[7:]
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    """Counts load_image calls made by the cache (num_workers=0 keeps them in this process)."""
+    calls = []
+
+    def counting(path, size, channels):
+        calls.append(Path(path).name)
+        return load_image(path, size, channels)
+
+    monkeypatch.setattr(image_cache, "load_image", counting)
+    return calls
+
+
+def build(paths, cache_dir, size=16, channels=3, **kw):
+    return build_image_cache(paths, size, channels, cache_dir=cache_dir, num_workers=kw.pop("num_workers", 0),
+                             progress=False, **kw)
+
+
+def test_build_then_reuse(tmp_path, count_decodes):
+    paths = make_files(tmp_path / "img")
+    c = build(paths, tmp_path / "cache")
+    assert len(count_decodes) == 12
+    good = [p for p in paths if p.name.startswith("img")]
+    assert c.paths == good and len(c) == 10
+    assert [(p.name, r) for p, r in c.skipped] == [("empty.jpg", "zero-byte file"),
+                                                  ("notes.png", "not an image (cannot identify format)")]
+    assert isinstance(c.pixels, np.memmap) and not c.pixels.flags.writeable
+    assert c.pixels.shape == (10, 3, 16, 16) and c.pixels.dtype == np.uint8
+    for row, p in enumerate(good):
+        assert torch.equal(torch.from_numpy(np.array(c.pixels[row])), load_image(p, 16, 3))
+
+    again = build(paths, tmp_path / "cache")
+    assert len(count_decodes) == 12  # nothing decoded: bad files too are reported from the cache's metadata
+    assert again.paths == c.paths and again.skipped == c.skipped
+    assert np.array_equal(again.pixels, c.pixels)
+    files = sorted(f.suffix for f in (tmp_path / "cache").iterdir())
+    assert files == [".json", ".lock", ".npy"]  # one cache, no leftover temporary files
+    meta = json.loads(next((tmp_path / "cache").glob("*.json")).read_text())
+    assert meta["shape"] == [10, 3, 16, 16] and len(meta["paths"]) == 12 and len(meta["skipped"]) == 2
+
+
+def test_changes_rebuild(tmp_path, count_decodes):
+    paths = make_files(tmp_path / "img")
+    first = build(paths, tmp_path / "cache")
+    st = paths[0].stat()
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same size and content
+    build(paths, tmp_path / "cache")
+    assert len(count_decodes) == 24
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(paths[0])
+    changed = build(paths, tmp_path / "cache")
+    assert len(count_decodes) == 36
+    assert changed.pixels[0, 0].min() > 200 and not np.array_equal(changed.pixels[0], first.pixels[0])
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "new.jpg")
+    assert len(build(paths + [tmp_path / "img" / "new.jpg"], tmp_path / "cache")) == 11
+    assert len(count_decodes) == 49
+    assert build(paths, tmp_path / "cache", size=8).pixels.shape == (10, 3, 8, 8)
+    assert build(paths, tmp_path / "cache", channels=1).pixels.shape == (10, 1, 16, 16)
+    assert len(count_decodes) == 73
+    build(paths, tmp_path / "cache")
+    assert len(count_decodes) == 73  # the cache of the changed files is still there
+
+
+def test_parallel_workers_match_in_process(tmp_path):
+    paths = make_files(tmp_path / "img", n=40)
+    serial = build(paths, tmp_path / "a")
+    parallel = build(paths, tmp_path / "b", num_workers=2)
+    assert parallel.paths == serial.paths and parallel.skipped == serial.skipped
+    assert np.array_equal(parallel.pixels, serial.pixels)
+
+
+def test_interrupted_build_leaves_no_valid_cache(tmp_path, monkeypatch):
+    paths = make_files(tmp_path / "img")
+
+    calls = []
+
+    def dies_on_fifth(path, size, channels):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return load_image(path, size, channels)
+
+    monkeypatch.setattr(image_cache, "load_image", dies_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        build(paths, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.json")) and not list((tmp_path / "cache").glob("*.npy"))
+    monkeypatch.setattr(image_cache, "load_image", load_image)
+    c = build(paths, tmp_path / "cache")
+    assert len(c) == 10 and len(c.skipped) == 2 and c.pixels[-1].any()
+
+
+def test_empty_list(tmp_path):
+    c = build([], tmp_path / "cache")
+    assert len(c) == 0 and c.skipped == [] and c.pixels.shape == (0, 3, 16, 16)
+
+
+def _build_in_other_process(paths, cache_dir, log, barrier, results):
+    def slow_counting(path, size, channels):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.02)  # a build long enough that the other process surely finds it running
+        return load_image(path, size, channels)
+
+    image_cache.load_image = slow_counting
+    barrier.wait()
+    c = build(paths, cache_dir)
+    results.put(([str(p) for p in c.paths], c.skipped, hashlib.sha256(np.ascontiguousarray(c.pixels)).hexdigest()))
+
+
+def test_concurrent_builders_share_one_build(tmp_path):
+    paths = make_files(tmp_path / "img")
+    ctx = multiprocessing.get_context("spawn")  # like two sweep agents started at once
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    args = (paths, tmp_path / "cache", tmp_path / "decodes.log", barrier, results)
+    procs = [ctx.Process(target=_build_in_other_process, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert outcomes[0] == outcomes[1]
+    assert len(outcomes[0][0]) == 10 and len(outcomes[0][1]) == 2
+    decoders = (tmp_path / "decodes.log").read_text().split()
+    assert len(decoders) == 12 and len(set(decoders)) == 1  # one process decoded everything, once
+    assert np.array_equal(build(paths, tmp_path / "cache").pixels, build(paths, tmp_path / "fresh").pixels)
+
+
+@pytest.mark.skipif(not IMAGENETTE.is_dir(), reason="imagenette not present")
+def test_real_photos(tmp_path):
+    paths = sorted(IMAGENETTE.rglob("*.JPEG"))[::190][:50]
+    c = build(paths, tmp_path / "cache", size=64, num_workers=2)
+    assert c.paths == paths and c.skipped == [] and c.pixels.shape == (50, 3, 64, 64)
+    for row in (0, 17, 49):
+        assert torch.equal(torch.from_numpy(np.array(c.pixels[row])), load_image(paths[row], 64, 3))
