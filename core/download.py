@@ -140,7 +140,7 @@ def safe_extract_zip(zip_path: Path, dest_dir: Path, progress: bool = False) -> 
                                 f"({size / 2**30:.1f} GiB needed).")
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".tmp", dir=dest_dir.parent))
             try:
-                for m in tqdm(members, desc=f"extracting {zip_path.name}", unit="file", disable=not progress):
+                for m in tqdm(members, desc=f"extracting {zip_path.name}", unit="file", disable=None if progress else True):
                     zf.extract(m, tmp)
                 os.replace(tmp, dest_dir)
             finally:
@@ -182,7 +182,7 @@ def _download(url: str, part: Path, progress: bool) -> int | None:
                 total = int(n)
         with open(part, "ab" if start else "wb") as f, \
                 tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=part.name.removesuffix(".part"), disable=not progress) as bar:
+                     desc=part.name.removesuffix(".part"), disable=None if progress else True) as bar:
             while chunk := resp.read(CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))

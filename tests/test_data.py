@@ -158,3 +158,10 @@ def test_split_record_is_json(tmp_path):
     record = _load(tmp_path).split_record(0)
     json.dumps(record)
     assert set(record) >= {"train", "val", "test", "classes", "skipped", "split_seed"}
+
+
+def test_broken_symlink_is_skipped_and_reported(tmp_path):
+    write_class_folders(tmp_path, per_class=10)
+    (tmp_path / "owl" / "link.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    data = _load(tmp_path)
+    assert data.skipped == [("owl/link.jpg", "cannot read file: No such file or directory")]

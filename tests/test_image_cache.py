@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import core.image_cache as image_cache
+from core import image_cache
 from core.image_cache import build_image_cache
 from core.images import load_image
-
-IMAGENETTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenette" / "train"
+from core.paths import default_cache_dir
 
 
 def make_files(folder: Path, n: int = 10) -> list[Path]:
@@ -44,9 +43,8 @@ def count_decodes(monkeypatch):
     return calls
 
 
-def build(paths, cache_dir, size=16, channels=3, **kw):
-    return build_image_cache(paths, size, channels, cache_dir=cache_dir, num_workers=kw.pop("num_workers", 0),
-                             progress=False, **kw)
+def build(paths, cache_dir, size=16, channels=3, num_workers=0):
+    return build_image_cache(paths, size, channels, cache_dir=cache_dir, num_workers=num_workers, progress=False)
 
 
 def test_build_then_reuse(tmp_path, count_decodes):
@@ -122,9 +120,10 @@ def test_interrupted_build_leaves_no_valid_cache(tmp_path, monkeypatch):
     assert len(c) == 10 and len(c.skipped) == 2 and c.pixels[-1].any()
 
 
-def test_empty_list(tmp_path):
-    c = build([], tmp_path / "cache")
+def test_empty_list_and_default_cache_dir(tmp_path):
+    c = build_image_cache([], 16, 3, num_workers=0, progress=False)
     assert len(c) == 0 and c.skipped == [] and c.pixels.shape == (0, 3, 16, 16)
+    assert len(list((default_cache_dir() / "images").glob("*.json"))) == 1  # conftest points it into tmp
 
 
 def _build_in_other_process(paths, cache_dir, log, barrier, results):
@@ -159,9 +158,8 @@ def test_concurrent_builders_share_one_build(tmp_path):
     assert np.array_equal(build(paths, tmp_path / "cache").pixels, build(paths, tmp_path / "fresh").pixels)
 
 
-@pytest.mark.skipif(not IMAGENETTE.is_dir(), reason="imagenette not present")
-def test_real_photos(tmp_path):
-    paths = sorted(IMAGENETTE.rglob("*.JPEG"))[::190][:50]
+def test_real_photos(tmp_path, imagenette):
+    paths = sorted((imagenette / "train").rglob("*.JPEG"))[::190][:50]
     c = build(paths, tmp_path / "cache", size=64, num_workers=2)
     assert c.paths == paths and c.skipped == [] and c.pixels.shape == (50, 3, 64, 64)
     for row in (0, 17, 49):
