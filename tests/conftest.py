@@ -16,7 +16,7 @@ IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SWEEPCNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("SWEEPCNN_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture
