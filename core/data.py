@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
@@ -127,7 +126,8 @@ def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> 
         layout = "train/ val/ test/ folders used as given"
         splits = {s: _class_files(root / s, limit) for s in ("train", "val", "test")}
     elif {"train", "val"} <= subdirs:
-        layout = f"train/ split {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} into train/val; val/ is the test set"
+        layout = (f"train/ split {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} into train/val; "
+                  "val/ is the test set")
         splits = {"train": _class_files(root / "train", limit), "test": _class_files(root / "val", limit)}
     elif "train" in subdirs:
         raise UserError(f"--data: {root} has train/ but no val/: add val/<class>/ images, or pass {root / 'train'} "
@@ -208,24 +208,31 @@ def _check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) ->
 Part = tuple[np.ndarray, np.ndarray, list[str]]  # pixel rows, labels, names
 
 
+def _part_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Images of one class per part: the later parts get their rounded share but at least one, the first the rest."""
+    later = [max(1, math.floor(f * n + 0.5)) for f in fractions[1:]]
+    return [n - sum(later), *later]
+
+
 def _split(whole: Part, fractions: tuple[float, ...], seed: int, classes: list[str] | None = None) -> list[Part]:
-    """Stratified split into len(fractions) parts, reproducible from `seed`; each part keeps the original order."""
+    """Stratified split into len(fractions) parts, reproducible from `seed`; each part keeps the original order.
+    Every class is shuffled and cut in the given fractions with at least one image in every part (done per class
+    because sklearn's train_test_split fails on a class with one image left in the intermediate split)."""
     rows, labels, names = whole
-    counts = Counter(labels.tolist())
-    need = len(fractions)
-    small = [c for c, n in counts.items() if n < need]
-    if small:
-        name = classes[small[0]] if classes else str(small[0])
-        raise UserError(f"--data: class '{name}' has only {counts[small[0]]} image(s); a stratified split needs at "
-                        f"least {need} per class")
-    index = np.arange(len(rows))
-    first, rest = train_test_split(index, train_size=fractions[0], stratify=labels, random_state=seed)
-    pieces = [first, rest]
-    if len(fractions) == 3:
-        second, third = train_test_split(rest, test_size=fractions[2] / (fractions[1] + fractions[2]), stratify=labels[rest],
-                                         random_state=seed)
-        pieces = [first, second, third]
-    return [(rows[p], labels[p], [names[i] for i in p]) for p in map(np.sort, pieces)]
+    rng = np.random.default_rng(seed)
+    pieces: list[list[int]] = [[] for _ in fractions]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        sizes = _part_sizes(len(members), fractions)
+        if sizes[0] < 1:
+            need = next(n for n in range(len(fractions), 10 * len(fractions)) if _part_sizes(n, fractions)[0] >= 1)
+            name = classes[label] if classes else str(label)
+            raise UserError(f"--data: class '{name}' has only {len(members)} image(s); a stratified split needs at "
+                            f"least {need} per class")
+        bounds = np.cumsum(sizes)[:-1]
+        for piece, part in zip(pieces, np.split(members, bounds)):
+            piece.extend(part.tolist())
+    return [(rows[p], labels[p], [names[i] for i in p]) for p in (np.sort(np.array(q, dtype=int)) for q in pieces)]
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -140,7 +140,8 @@ def safe_extract_zip(zip_path: Path, dest_dir: Path, progress: bool = False) -> 
                                 f"({size / 2**30:.1f} GiB needed).")
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".tmp", dir=dest_dir.parent))
             try:
-                for m in tqdm(members, desc=f"extracting {zip_path.name}", unit="file", disable=None if progress else True):
+                for m in tqdm(members, desc=f"extracting {zip_path.name}", unit="file",
+                              disable=None if progress else True):
                     zf.extract(m, tmp)
                 os.replace(tmp, dest_dir)
             finally:

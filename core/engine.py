@@ -50,6 +50,8 @@ ENGINE_OPTIONS = {
     "amp": Option("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16 or off",
                   choices=("auto", "bf16", "fp16", "off")),
     "channels_last": Option(True, "channels-last memory format (faster convolutions)", "bool"),
+    "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see README)",
+                      "bool"),
     "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
     "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
     "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
@@ -213,6 +215,8 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     batches = Batches(*normalization, device, cfg["channels_last"])
+    # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
+    net = torch.compile(model) if cfg["compile"] else model
     channels, size = data.train.pixels.shape[1], data.train.pixels.shape[-1]
     train_set = data.train.with_transform(
         train_transform(cfg["augmentations"], size, channels) if cfg["augmentation"] else None)
@@ -246,9 +250,9 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[-1]["lr"]
-        train = train_one_epoch(model, train_loader, batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
+        train = train_one_epoch(net, train_loader, batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
                                 cfg["grad_clip"], f"epoch {epoch}/{epochs}")
-        val = evaluate(model, val_loader, batches, amp, desc="validate")
+        val = evaluate(net, val_loader, batches, amp, desc="validate")
         metrics = {"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"], "learning_rate": lr}
         if scheduler is not None and step_on == "epoch":
             scheduler.step()
@@ -280,7 +284,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
         test_loader = make_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
-        test = evaluate(model, test_loader, batches, amp, desc="test")
+        test = evaluate(net, test_loader, batches, amp, desc="test")
         summary.update(test_acc=test["acc"], test_loss=test["loss"])
         tqdm.write(f"test (best epoch {progress.best_epoch}): loss {test['loss']:.4f}  acc {test['acc']:.4f}")
     return summary

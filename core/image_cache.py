@@ -103,7 +103,8 @@ def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, n
     loader = DataLoader(_DecodeChunk(paths, size, channels), sampler=chunks, batch_size=None, num_workers=num_workers)
     tmp, n, skipped = npy.with_name(npy.name + ".partial"), 0, []
     # appending rows with write() is ~1.5x faster than filling a fresh memmap page by page
-    with open(tmp, "wb") as f, tqdm(total=len(paths), desc="decoding images", unit="img", disable=None if progress else True) as bar:
+    with open(tmp, "wb") as f, tqdm(total=len(paths), desc="decoding images", unit="img",
+                                    disable=None if progress else True) as bar:
         shape = (len(paths), channels, size, size)  # bad files leave the last len(skipped) rows unused (zeros)
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
         for x, bad in loader:

@@ -30,7 +30,7 @@ RUN_OPTIONS = {
     "resume": Option(False, "continue <out_dir>/<run_name> from its last completed epoch", "bool"),
 }
 # Flags that describe how to run, not what to train: they may differ when a run is resumed.
-_RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "epochs", "num_workers", "device", "cache_dir",
+_RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "epochs", "num_workers", "device", "compile", "cache_dir",
                  "wandb_mode", "wandb_project", "wandb_entity", "patience"}
 
 

@@ -56,7 +56,8 @@ def count_cnn(config: dict[str, Any]) -> dict[str, Any]:
 
     for i, (m, k) in enumerate(zip(cfg["filter_counts"], cfg["filter_sizes"]), start=1):
         block = f"features.block{i}"
-        row(f"{block}.conv", (m, size, size), k * k * channels * m + (0 if bn else m), size * size * k * k * channels * m)
+        row(f"{block}.conv", (m, size, size), k * k * channels * m + (0 if bn else m),
+            size * size * k * k * channels * m)
         if bn:
             row(f"{block}.bn", (m, size, size), 2 * m)
         channels, size = m, size // 2

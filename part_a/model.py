@@ -35,6 +35,8 @@ MODEL_OPTIONS: dict[str, Option] = {
     "base_filters": Option(32, "filters in the first (same, doubling) or last (halving) conv layer", kind="int", min=1),
     "filter_counts_strategy": Option("same", "same: base in every layer; doubling: base*2^i; halving: base*2^(4-i)",
                                      choices=STRATEGIES),
+    "max_filters": Option(None, "cap on the filters of any layer from base_filters/filter_counts_strategy (keeps "
+                                "a sweep's halving/doubling layers affordable)", kind="int", min=1, nullable=True),
     "filter_sizes": Option(None, "kernel size per conv layer; overrides filter_size",
                            kind="ints", min=1, nullable=True, length=NUM_BLOCKS),
     "filter_size": Option(3, "kernel size of every conv layer", kind="int", min=1),
@@ -66,7 +68,8 @@ def resolve_cnn_config(config: dict[str, Any]) -> dict[str, Any]:
     if cfg["filter_counts"] is None:
         base, strategy = cfg["base_filters"], cfg["filter_counts_strategy"]
         exponent = {"same": lambda i: 0, "doubling": lambda i: i, "halving": lambda i: NUM_BLOCKS - 1 - i}[strategy]
-        cfg["filter_counts"] = [base * 2 ** exponent(i) for i in range(NUM_BLOCKS)]
+        cap = cfg["max_filters"] or float("inf")
+        cfg["filter_counts"] = [int(min(base * 2 ** exponent(i), cap)) for i in range(NUM_BLOCKS)]
     if cfg["filter_sizes"] is None:
         cfg["filter_sizes"] = [cfg["filter_size"]] * NUM_BLOCKS
     cfg["filter_counts"], cfg["filter_sizes"] = list(cfg["filter_counts"]), list(cfg["filter_sizes"])

@@ -91,7 +91,8 @@ def test_rows_sum_to_totals_and_follow_the_formulas():
         counts = count_cnn({"base_filters": m, "filter_size": k, "dense_neurons": n, "num_classes": C,
                             "input_size": S, "in_channels": c0, "batch_norm": bn})
         b = int(bn)
-        assert counts["params"] == k**2 * m * (c0 + 4 * m) + 5 * (1 + b) * m + (m * (S // 32) ** 2 + 1) * n + (n + 1) * C
+        assert counts["params"] == \
+            k**2 * m * (c0 + 4 * m) + 5 * (1 + b) * m + (m * (S // 32) ** 2 + 1) * n + (n + 1) * C
         assert counts["macs"] * 256 * 1024 == (k**2 * m * S**2 * (256 * c0 + 85 * m)) * 1024 + m * n * S**2 * 256 \
             + n * C * 256 * 1024
 

@@ -54,6 +54,15 @@ def test_class_folders_only_split_80_10_10_stratified_and_reproducible(tmp_path)
     assert c.test.names != a.test.names
 
 
+@pytest.mark.parametrize("per_class", [3, 5, 8])
+def test_small_classes_still_get_every_class_in_every_split(tmp_path, per_class):
+    write_class_folders(tmp_path, per_class=per_class)
+    data = _load(tmp_path)
+    for part in (data.train, data.val, data.test):
+        assert np.bincount(part.labels, minlength=3).min() >= 1
+    assert len(data.train) + len(data.val) + len(data.test) == 3 * per_class
+
+
 def test_pixels_match_labels(tmp_path):
     write_class_folders(tmp_path, classes=("a_red", "b_green", "c_blue"), per_class=10)
     data = _load(tmp_path)

@@ -13,9 +13,9 @@ SMALL = {"base_filters": 4, "dense_neurons": 16, "input_size": 32}
 
 
 def test_model_options_keys():
-    assert list(MODEL_OPTIONS) == ["filter_counts", "base_filters", "filter_counts_strategy", "filter_sizes",
-                                   "filter_size", "activation", "dense_neurons", "dropout_rate", "batch_norm",
-                                   "input_size", "in_channels", "num_classes"]
+    assert list(MODEL_OPTIONS) == ["filter_counts", "base_filters", "filter_counts_strategy", "max_filters",
+                                   "filter_sizes", "filter_size", "activation", "dense_neurons", "dropout_rate",
+                                   "batch_norm", "input_size", "in_channels", "num_classes"]
 
 
 def test_resolve_defaults_and_strategies():
@@ -27,6 +27,8 @@ def test_resolve_defaults_and_strategies():
         [8, 16, 32, 64, 128]
     assert resolve_cnn_config({"base_filters": 8, "filter_counts_strategy": "halving"})["filter_counts"] == \
         [128, 64, 32, 16, 8]
+    assert resolve_cnn_config({"base_filters": 64, "filter_counts_strategy": "halving", "max_filters": 128}
+                              )["filter_counts"] == [128, 128, 128, 128, 64]
     explicit = resolve_cnn_config({"filter_counts": (5, 6, 7, 8, 9), "base_filters": 2, "filter_sizes": "1,2,3,4,5",
                                    "filter_size": 7})
     assert explicit["filter_counts"] == [5, 6, 7, 8, 9] and explicit["filter_sizes"] == [1, 2, 3, 4, 5]

@@ -1,0 +1,448 @@
+"""Run a W&B sweep YAML without a W&B server: suggestions from W&B's own `sweeps` engine (bayes, random, grid),
+hyperband early termination on the trials' per-epoch metric, trials launched with the YAML's command exactly as
+`wandb agent` builds it, in offline W&B mode.
+
+    python -m core.sweep sweeps/cnn.yaml --count 20 [--workers 2] [--sweep_dir DIR] [--set data=digits ...]
+
+Several workers (processes here, or machines sharing the sweep folder) coordinate through a lock on the folder's
+`state.json`: each trial is claimed once, a trial whose worker died is marked crashed, and running the same command
+again continues the sweep up to --count.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from core.errors import UserError
+
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+TERMINAL = ("finished", "stopped", "failed", "crashed")
+POLL_SECONDS = 2.0
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 120.0  # a trial of another host with no heartbeat for this long has lost its worker
+KILL_DELAY = 30.0  # after SIGTERM, as `wandb agent` waits before SIGKILL
+
+
+# ---------------------------------------------------------------------------------------------------- sweep config
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a sweep YAML and apply `key=value` overrides (each becomes a fixed parameter)."""
+    path = Path(path)
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"sweep file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read sweep file {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict) or not sweep["parameters"]:
+        raise UserError(f"{path}: a sweep file needs a `parameters:` mapping")
+    for key in ("program", "method", "metric"):
+        if key not in sweep:
+            raise UserError(f"{path}: `{key}:` is missing")
+    if sweep["method"] not in ("bayes", "random", "grid"):
+        raise UserError(f"{path}: method {sweep['method']!r} is not one of bayes, random, grid")
+    if not isinstance(sweep["metric"], dict) or "name" not in sweep["metric"]:
+        raise UserError(f"{path}: `metric:` needs a name (and a goal: maximize or minimize)")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value")
+        sweep["parameters"][key] = {"value": yaml.safe_load(raw)}
+    try:
+        search_engine().config.SweepConfig(sweep)
+    except Exception as exc:  # jsonschema's ValidationError and friends
+        raise UserError(f"{path}: not a valid sweep config: {str(exc).splitlines()[0]}") from None
+    return sweep
+
+
+def search_engine():
+    """W&B's open-source search engine (the `sweeps` package), imported without its pydantic-v1 config warning."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sweeps
+            import sweeps.config
+    except ImportError:
+        raise UserError("the `sweeps` package is missing: pip install -r requirements.txt") from None
+    return sweeps
+
+
+def agent_command(sweep: dict, params: dict[str, Any], interpreter: str = sys.executable) -> list[str]:
+    """The command line `wandb agent` runs for one trial (wandb/wandb_agent.py: Agent._command_run with
+    sdk/launch/sweeps/utils.py), except that ${interpreter} is this Python rather than whichever `python` is
+    first on PATH."""
+    flags, no_hyphens, no_booleans, no_equals = [], [], [], []
+    for name, value in params.items():
+        flags.append(f"--{name}={value}")
+        no_hyphens.append(f"{name}={value}")
+        no_equals += [f"--{name}", str(value)]
+        if not isinstance(value, bool):
+            no_booleans.append(f"--{name}={value}")
+        elif value:
+            no_booleans.append(f"--{name}")
+    macros = {"env": ["/usr/bin/env"], "interpreter": [interpreter], "program": [sweep["program"]],
+              "args": flags, "args_no_hyphens": no_hyphens, "args_no_boolean_flags": no_booleans,
+              "args_no_equals": no_equals, "args_json": [json.dumps(params)],
+              "args_append_hydra": ["+" + f for f in no_hyphens], "args_override_hydra": ["++" + f for f in no_hyphens]}
+    command = []
+    for chunk in sweep.get("command") or DEFAULT_COMMAND:
+        chunk = os.path.expandvars(str(chunk)) if not str(chunk).startswith("${") else str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            if chunk[2:-1] not in macros:
+                raise UserError(f"sweep command: macro {chunk} is not supported offline")
+            command += macros[chunk[2:-1]]
+        else:
+            command.append(chunk)
+    return command
+
+
+def swept_names(sweep: dict) -> list[str]:
+    return [k for k, spec in sweep["parameters"].items() if not (isinstance(spec, dict) and set(spec) == {"value"})]
+
+
+def _metric(sweep: dict) -> tuple[str, bool]:
+    return sweep["metric"]["name"], sweep["metric"].get("goal", "minimize") == "maximize"
+
+
+# ---------------------------------------------------------------------------------------------------- shared state
+class SweepFolder:
+    """`state.json` (every trial) guarded by an exclusive POSIX lock, which also works on NFS."""
+
+    def __init__(self, root: Path, sweep: dict):
+        self.root = root
+        self.sweep = sweep
+        self.runs = root / "runs"
+        self.state_path = root / "state.json"
+
+    def create(self, source: Path) -> None:
+        self.runs.mkdir(parents=True, exist_ok=True)
+        with self.locked() as state:
+            if state.get("sweep") not in (None, self.sweep):
+                raise UserError(f"{self.root} holds a different sweep (see its sweep.yaml): pick another --sweep_dir")
+            if state.get("sweep") is None:
+                state.update(sweep=self.sweep, source=str(source), created=time.time(), trials=[])
+                (self.root / "sweep.yaml").write_text(yaml.safe_dump(self.sweep, sort_keys=False))
+
+    @contextmanager
+    def locked(self) -> Iterator[dict]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "a+") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+            state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+            before = json.dumps(state, sort_keys=True)
+            yield state
+            if json.dumps(state, sort_keys=True) != before:
+                tmp = self.state_path.with_name(f".state.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(state, indent=1))
+                os.replace(tmp, self.state_path)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+
+    def history(self, run_id: str) -> list[dict]:
+        path = self.runs / run_id / "metrics.jsonl"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                break
+        return rows
+
+    def summary(self, run_id: str) -> dict:
+        try:
+            return json.loads((self.runs / run_id / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_lost_trials(state: dict, now: float) -> list[dict]:
+    """Mark crashed the running trials whose worker is gone (dead pid on this host, or no heartbeat from another)."""
+    host = socket.gethostname()
+    lost = []
+    for trial in state.get("trials", []):
+        if trial["state"] != "running":
+            continue
+        gone = not _alive(trial["worker_pid"]) if trial["host"] == host else now - trial["heartbeat"] > STALE_SECONDS
+        if gone:
+            trial.update(state="crashed", ended=now, note="its worker died")
+            lost.append(trial)
+    return lost
+
+
+def to_sweep_runs(folder: SweepFolder, trials: list[dict]) -> list:
+    """Our trials as the `sweeps` engine's runs. A hyperband-stopped trial counts as finished with the metric it
+    reached, as on W&B; failed and crashed trials are imputed by the engine (worst metric)."""
+    SweepRun = search_engine().SweepRun
+    state_map = {"stopped": "finished"}
+    return [SweepRun(name=t["run_id"], state=state_map.get(t["state"], t["state"]),
+                     config={k: {"value": v} for k, v in t["params"].items()},
+                     summaryMetrics=({} if t.get("metric") is None else {folder.sweep["metric"]["name"]: t["metric"]}),
+                     sampledHistory=folder.history(t["run_id"]) if t["state"] in ("running", "stopped", "finished")
+                     else [])
+            for t in trials]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from the engine to Python values (YAML and command lines need plain ones)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def suggest(folder: SweepFolder, trials: list[dict]) -> dict | None:
+    """The next parameters from W&B's engine, or None when a grid is exhausted."""
+    run = search_engine().next_run(folder.sweep, to_sweep_runs(folder, trials), validate=False)
+    if run is None:
+        return None
+    return {k: _plain(spec["value"]) for k, spec in run.config.items()}
+
+
+def should_stop(folder: SweepFolder, trials: list[dict], run_id: str) -> bool:
+    if not folder.sweep.get("early_terminate"):
+        return False
+    return any(run.name == run_id for run in search_engine().stop_runs(folder.sweep, to_sweep_runs(folder, trials)))
+
+
+def _new_run_id(taken: set[str]) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    while True:  # W&B's run-id format: 8 lower-case letters and digits
+        run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+        if run_id not in taken:
+            return run_id
+
+
+# ---------------------------------------------------------------------------------------------------- records
+def metric_of(folder: SweepFolder, run_id: str) -> float | None:
+    name, maximize = _metric(folder.sweep)
+    values = [row[name] for row in folder.history(run_id) if isinstance(row.get(name), (int, float))]
+    return (max if maximize else min)(values) if values else None
+
+
+def write_records(folder: SweepFolder, state: dict) -> None:
+    """trials.csv (one row per trial) and best.yaml (the best trial's parameters, a train.py --config file)."""
+    name, maximize = _metric(folder.sweep)
+    swept = swept_names(folder.sweep)
+    extra = ["epochs_run", "params", "flops", "test_acc", "seconds"]
+    rows = []
+    for i, t in enumerate(state["trials"], 1):
+        summary = folder.summary(t["run_id"])
+        seconds = (t.get("ended") or time.time()) - t["started"]
+        rows.append({"trial": i, "run_id": t["run_id"], "state": t["state"], name: t.get("metric"),
+                     "epochs_run": len(folder.history(t["run_id"])), **{k: summary.get(k) for k in extra[1:-1]},
+                     "seconds": round(seconds, 1),
+                     **{k: t["params"].get(k) for k in swept}})
+    tmp = folder.root / ".trials.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["trial", "run_id", "state", name, *extra, *swept])
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    os.replace(tmp, folder.root / "trials.csv")
+
+    scored = [t for t in state["trials"] if t["state"] in ("finished", "stopped") and t.get("metric") is not None]
+    if scored:
+        best = (max if maximize else min)(scored, key=lambda t: t["metric"])
+        header = (f"# best trial of {folder.root}: run {best['run_id']} ({best['state']}), {name} = {best['metric']}\n"
+                  f"# retrain and test it:  python {folder.sweep['program']} --config {folder.root / 'best.yaml'} "
+                  "--test\n")
+        (folder.root / "best.yaml").write_text(header + yaml.safe_dump(best["params"], sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------- one worker
+def _die_with_parent() -> None:
+    """In the trial process: get SIGTERM if the worker dies, so no orphan trains on unrecorded (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = POLL_SECONDS) -> tuple[str, int]:
+    """Launch one trial, keep its heartbeat, stop it when hyperband says so. Returns (state, exit code)."""
+    run_id = trial["run_id"]
+    run_dir = folder.runs / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {**trial["params"], "out_dir": str(folder.runs)}
+    env = dict(os.environ, WANDB_RUN_ID=run_id, WANDB_RUN_GROUP=f"sweep-{folder.root.name}")
+    if env.get("WANDB_MODE") != "disabled":
+        env["WANDB_MODE"] = "offline"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    command = agent_command(folder.sweep, params)
+    (run_dir / "command.txt").write_text(" ".join(command) + "\n")
+    with open(run_dir / "output.log", "ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        return _watch(folder, proc, run_id, poll)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM of the worker: let the trial save its checkpoint first
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(KILL_DELAY)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+
+
+def _watch(folder: SweepFolder, proc: subprocess.Popen, run_id: str, poll: float) -> tuple[str, int]:
+    stop_sent = None
+    last_beat = 0.0
+    while proc.poll() is None:
+        time.sleep(poll)
+        now = time.monotonic()
+        if stop_sent is not None:
+            if now - stop_sent > KILL_DELAY:
+                proc.kill()
+            continue
+        if now - last_beat >= HEARTBEAT_SECONDS or folder.sweep.get("early_terminate"):
+            with folder.locked() as state:
+                mine = next(t for t in state["trials"] if t["run_id"] == run_id)
+                mine["heartbeat"] = time.time()
+                stop = should_stop(folder, state["trials"], run_id)
+            last_beat = now
+            if stop:
+                proc.send_signal(signal.SIGTERM)  # train.py saves, finishes its W&B run and exits
+                stop_sent = now
+    code = proc.wait()
+    if stop_sent is not None:
+        return "stopped", code
+    return ("finished" if code == 0 else "failed" if code > 0 else "crashed"), code
+
+
+def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: float = POLL_SECONDS) -> None:
+    folder = SweepFolder(Path(root), sweep)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped worker ends its trial via PDEATHSIG
+    while True:
+        with folder.locked() as state:
+            for lost in reap_lost_trials(state, time.time()):
+                print(f"trial {lost['run_id']}: marked crashed (its worker is gone)", flush=True)
+            trials = state["trials"]
+            if len(trials) >= count:
+                write_records(folder, state)
+                return
+            params = suggest(folder, trials)
+            if params is None:
+                print("the grid is exhausted", flush=True)
+                return
+            trial = {"run_id": _new_run_id({t["run_id"] for t in trials}), "params": params, "state": "running",
+                     "host": socket.gethostname(), "worker_pid": os.getpid(), "started": time.time(),
+                     "heartbeat": time.time()}
+            trials.append(trial)
+            number = len(trials)
+            write_records(folder, state)
+        shown = ", ".join(f"{k}={trial['params'][k]}" for k in swept_names(sweep))
+        print(f"trial {number}/{count} {trial['run_id']} started: {shown}", flush=True)
+        try:
+            outcome, code = run_trial(folder, trial, gpu, poll)
+        except KeyboardInterrupt:
+            with folder.locked() as state:
+                mine = next(t for t in state["trials"] if t["run_id"] == trial["run_id"])
+                mine.update(state="crashed", ended=time.time(), note="the sweep was interrupted",
+                            metric=metric_of(folder, trial["run_id"]))
+                write_records(folder, state)
+            raise
+        with folder.locked() as state:
+            mine = next(t for t in state["trials"] if t["run_id"] == trial["run_id"])
+            mine.update(state=outcome, exit_code=code, ended=time.time(), metric=metric_of(folder, trial["run_id"]))
+            write_records(folder, state)
+        name = sweep["metric"]["name"]
+        value = "-" if mine["metric"] is None else f"{mine['metric']:.4f}"
+        hint = f"  (see {folder.runs / trial['run_id'] / 'output.log'})" if outcome in ("failed", "crashed") else ""
+        print(f"trial {number}/{count} {trial['run_id']} {outcome}: {name} {value}{hint}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def default_sweep_dir(path: Path, sweep: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(sweep, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / "sweeps" / f"{path.stem}-{digest}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_yaml", help="a W&B sweep file, e.g. sweeps/cnn.yaml")
+    parser.add_argument("--count", type=int, required=True, help="trials in the whole sweep (all workers together)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel trials on this machine (default 1, or "
+                                                                  "one per --gpus entry)")
+    parser.add_argument("--sweep_dir", default=None, help="sweep folder (default runs/sweeps/<yaml name>-<hash of "
+                                                          "the config>, so the same command continues the sweep)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a parameter for every trial (repeatable)")
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU ids, one worker each "
+                                                     "(CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--poll", type=float, default=POLL_SECONDS, help="seconds between a worker's checks of its "
+                                                                        "trial (heartbeat, hyperband)")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        raise UserError("--count must be at least 1")
+    gpus = args.gpus.split(",") if args.gpus else []
+    workers = args.workers or max(len(gpus), 1)
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    path = Path(args.sweep_yaml)
+    sweep = load_sweep(path, args.set)
+    if not Path(sweep["program"]).is_file():
+        raise UserError(f"program {sweep['program']!r} (from {path}) not found: run from the repository root")
+    root = Path(args.sweep_dir) if args.sweep_dir else default_sweep_dir(path, sweep)
+    folder = SweepFolder(root, sweep)
+    folder.create(path)
+    print(f"sweep folder: {root}  ({sweep['method']}, {args.count} trials, {workers} worker(s))", flush=True)
+    slots = [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+    try:
+        if workers == 1:
+            worker(str(root), sweep, args.count, slots[0], args.poll)
+        else:
+            procs = [multiprocessing.Process(target=worker, args=(str(root), sweep, args.count, gpu, args.poll))
+                     for gpu in slots]
+            for p in procs:
+                p.start()
+                time.sleep(0.5)  # staggered, so early suggestions already see the first claims
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
+        return 130
+    with folder.locked() as state:
+        reap_lost_trials(state, time.time())
+        write_records(folder, state)
+        states = [t["state"] for t in state["trials"]]
+    summary = ", ".join(f"{states.count(s)} {s}" for s in ("finished", "stopped", "failed", "crashed", "running")
+                        if states.count(s))
+    print(f"{len(states)} trials ({summary}): {root / 'trials.csv'}")
+    if (root / "best.yaml").exists():
+        print(f"best config: {root / 'best.yaml'}  ->  python {sweep['program']} --config {root / 'best.yaml'} --test")
+    return 0
+
+
+if __name__ == "__main__":
+    from core.config import run_cli
+
+    run_cli(main)

@@ -1,0 +1,198 @@
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, write_class_folders
+from core.config import parse_args
+from core.engine import METRIC
+from core.sweep import agent_command, load_sweep, search_engine, swept_names
+from part_a.counting import count_cnn
+from part_a.model import MODEL_OPTIONS
+from part_a.train import OPTIONS
+
+CNN_YAML = ROOT / "sweeps" / "cnn.yaml"
+
+
+def test_yaml_metric_is_the_logged_key():
+    sweep = yaml.safe_load(CNN_YAML.read_text())
+    assert sweep["metric"] == {"name": METRIC, "goal": "maximize"}
+    assert sweep["program"] == "part_a/train.py" and sweep["method"] == "bayes"
+    assert sweep["early_terminate"]["type"] == "hyperband"
+    required = {"filter_counts_strategy", "base_filters", "filter_size", "activation", "dense_neurons", "dropout_rate",
+                "learning_rate", "weight_decay", "batch_norm", "batch_size", "augmentation"}
+    assert required <= set(swept_names(sweep))
+    assert set(sweep["parameters"]) <= set(OPTIONS)  # every parameter is a train.py flag
+    assert sweep["parameters"]["learning_rate"]["distribution"] == "log_uniform_values"
+
+
+def test_search_space_is_bounded():
+    params = yaml.safe_load(CNN_YAML.read_text())["parameters"]
+    model_keys = [k for k in params if k in MODEL_OPTIONS]
+    choices = [params[k]["values"] if "values" in params[k] else [params[k]["value"]] for k in model_keys]
+    worst = max(count_cnn(dict(zip(model_keys, combo)))["flops"] for combo in itertools.product(*choices))
+    assert worst <= 15e9  # the bound the YAML's comment states (the default CNN: 0.39 GFLOPs)
+
+
+def test_agent_command_equals_wandb_agent():
+    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+    sweep = load_sweep(CNN_YAML)
+    params = {"batch_norm": False, "augmentation": True, "filter_counts": [8, 8, 16, 16, 32], "learning_rate": 3e-4,
+              "data": "some folder", "dropout_rate": None}
+    ours = agent_command(sweep, params, interpreter="python")
+    # wandb_agent.Agent._command_run, for a program (not a function)
+    variables = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    variables.update(interpreter=["python"], program=[sweep["program"]], env=["/usr/bin/env"])
+    theirs = []
+    for chunk in utils.create_sweep_command(sweep["command"]):
+        chunk = str(chunk)
+        theirs += variables.get(chunk[2:-1]) or [] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    assert ours == theirs
+
+
+def test_agent_command_line_parses_back_to_the_sampled_config():
+    sweeps = search_engine()
+    sweep = load_sweep(CNN_YAML)
+    for _ in range(20):
+        run = sweeps.next_run({**sweep, "method": "random"}, [])
+        params = {k: spec["value"] for k, spec in run.config.items()}
+        command = agent_command(sweep, params)
+        assert command[:3] == ["/usr/bin/env", sys.executable, "part_a/train.py"]
+        cfg, explicit = parse_args(command[3:], OPTIONS)
+        assert explicit == set(params)
+        for key, value in params.items():
+            assert cfg[key] == pytest.approx(value) if isinstance(value, float) else cfg[key] == value, key
+
+
+def test_sampled_command_trains_one_tiny_epoch(tmp_path):
+    sweeps = search_engine()
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    sweep = load_sweep(CNN_YAML, [f"data={data}", "epochs=1", "input_size=32", "batch_size=8"])
+    run = sweeps.next_run({**sweep, "method": "random"}, [])
+    params = {k: spec["value"] for k, spec in run.config.items()}
+    params["out_dir"] = str(tmp_path / "runs")
+    out = subprocess.run(agent_command(sweep, params), cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "WANDB_RUN_ID": "agentrun"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = yaml.safe_load((tmp_path / "runs" / "agentrun" / "config.yaml").read_text())
+    assert {k: saved[k] for k in swept_names(sweep)} == {k: params[k] for k in swept_names(sweep)}
+    assert METRIC in json.loads((tmp_path / "runs" / "agentrun" / "metrics.jsonl").read_text().splitlines()[0])
+
+
+# ----------------------------------------------------------------------------------------------- offline runner
+def tiny_sweep(tmp_path: Path, parameters: dict, method: str = "random", early_terminate: dict | None = None) -> Path:
+    data = write_class_folders(tmp_path / "data", per_class=12)
+    sweep = {"program": "part_a/train.py", "method": method, "metric": {"name": "val_acc", "goal": "maximize"},
+             "command": ["${env}", "${interpreter}", "${program}", "${args}"],
+             "parameters": {"data": {"value": str(data)}, "input_size": {"value": 32}, "epochs": {"value": 2},
+                            "batch_size": {"value": 8}, "base_filters": {"value": 4}, "dense_neurons": {"value": 16},
+                            **parameters}}
+    if early_terminate:
+        sweep["early_terminate"] = early_terminate
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def sweep_cmd(path: Path, sweep_dir: Path, count: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "core.sweep", str(path), "--count", str(count), "--sweep_dir", str(sweep_dir),
+            "--poll", "0.2", *extra]
+
+
+def read_trials(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_record_every_trial_once_then_a_rerun_continues(tmp_path):
+    path = tiny_sweep(tmp_path, {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-3, "max": 3e-2},
+                                 "batch_norm": {"values": [True, False]}})
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 4, "--workers", "2"), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = read_trials(sweep_dir)
+    assert len(trials) == 4 and len({t["run_id"] for t in trials}) == 4
+    assert [t["state"] for t in trials] == ["finished"] * 4, out.stdout
+    assert set(trials[0]) >= {"run_id", "state", "val_acc", "learning_rate", "batch_norm", "params", "flops"}
+    for t in trials:  # each trial ran exactly once, in its own run folder, with the offline W&B record
+        run_dir = sweep_dir / "runs" / t["run_id"]
+        assert (run_dir / "output.log").read_text().count("run folder:") == 1
+        assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+        assert float(t["val_acc"]) == max(json.loads(r)["val_acc"] for r in (run_dir / "metrics.jsonl").open())
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["learning_rate"] == pytest.approx(float(max(trials, key=lambda t: float(t["val_acc"]))
+                                                       ["learning_rate"]))
+    parse_args(["--config", str(sweep_dir / "best.yaml")], OPTIONS)  # usable as a train.py config
+
+    again = subprocess.run(sweep_cmd(path, sweep_dir, 5), cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = read_trials(sweep_dir)
+    assert len(rerun) == 5 and [t["run_id"] for t in rerun[:4]] == [t["run_id"] for t in trials]
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    path = tiny_sweep(tmp_path, {"input_size": {"values": [16, 32]}}, method="grid")  # 16 < the CNN's minimum
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = read_trials(sweep_dir)
+    assert sorted((t["input_size"], t["state"]) for t in trials) == [("16", "failed"), ("32", "finished")]
+    assert "grid is exhausted" in out.stdout
+    assert "smallest input size that works is 32" in (sweep_dir / "runs" / trials[0]["run_id"] / "output.log"
+                                                      ).read_text() or trials[0]["input_size"] == "32"
+    assert yaml.safe_load((sweep_dir / "best.yaml").read_text())["input_size"] == 32
+
+
+def test_hyperband_stops_a_hopeless_trial(tmp_path):
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.02, 0.01, 1e-9]}, "epochs": {"value": 12},
+                                 "scheduler": {"value": "none"}},
+                      method="grid", early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = {float(t["learning_rate"]): t for t in read_trials(sweep_dir)}
+    assert trials[1e-9]["state"] == "stopped", out.stdout
+    assert int(trials[1e-9]["epochs_run"]) < 12
+    assert trials[0.02]["state"] == trials[0.01]["state"] == "finished"
+    assert float(trials[1e-9]["val_acc"]) < max(float(trials[0.02]["val_acc"]), float(trials[0.01]["val_acc"]))
+
+
+def test_a_killed_worker_loses_nothing(tmp_path):
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02, 0.005]}, "epochs": {"value": 30}},
+                      method="grid")
+    sweep_dir = tmp_path / "sweep"
+    worker = subprocess.Popen(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first trial has finished an epoch
+        state = json.loads((sweep_dir / "state.json").read_text()) if (sweep_dir / "state.json").exists() else {}
+        trials = state.get("trials", [])
+        if trials and (sweep_dir / "runs" / trials[0]["run_id"] / "metrics.jsonl").exists():
+            break
+        time.sleep(0.2)
+    else:
+        worker.kill()
+        pytest.fail("the first trial never started:\n" + worker.communicate()[0])
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    first = trials[0]["run_id"]
+    summary = sweep_dir / "runs" / first / "summary.json"
+    deadline = time.time() + 60  # the orphaned trial gets SIGTERM (PDEATHSIG), saves and stops
+    while time.time() < deadline and "interrupted" not in (summary.read_text() if summary.exists() else ""):
+        time.sleep(0.2)
+    assert "interrupted" in summary.read_text()
+
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = read_trials(sweep_dir)
+    assert len(trials) == 3 and trials[0]["run_id"] == first
+    assert [t["state"] for t in trials] == ["crashed", "finished", "finished"], out.stdout
+    assert sorted(float(t["learning_rate"]) for t in trials) == [0.005, 0.01, 0.02]  # no grid point run twice
