@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import random
 import secrets
 import signal
 import socket
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy
 import yaml
 
 from core.errors import UserError
@@ -285,8 +287,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = POLL_SECONDS) -> tuple[str, int]:
-    """Launch one trial, keep its heartbeat, stop it when hyperband says so. Returns (state, exit code)."""
+def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = POLL_SECONDS,
+              threads: int | None = None) -> tuple[str, int]:
+    """Launch one trial, keep its heartbeat, stop it when hyperband says so. Returns (state, exit code).
+    `threads` sets OMP_NUM_THREADS (unless set already), so parallel trials do not oversubscribe the cores."""
     run_id = trial["run_id"]
     run_dir = folder.runs / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -296,6 +300,8 @@ def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = P
         env["WANDB_MODE"] = "offline"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     command = agent_command(folder.sweep, params)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     with open(run_dir / "output.log", "ab") as log:
@@ -337,8 +343,13 @@ def _watch(folder: SweepFolder, proc: subprocess.Popen, run_id: str, poll: float
     return ("finished" if code == 0 else "failed" if code > 0 else "crashed"), code
 
 
-def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: float = POLL_SECONDS) -> None:
+def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: float = POLL_SECONDS,
+           threads: int | None = None) -> None:
     folder = SweepFolder(Path(root), sweep)
+    # The engine draws from numpy's and Python's global generators; forked workers would share their states and
+    # suggest the same configs.
+    random.seed()
+    numpy.random.seed()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped worker ends its trial via PDEATHSIG
     while True:
         with folder.locked() as state:
@@ -358,10 +369,11 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
             trials.append(trial)
             number = len(trials)
             write_records(folder, state)
-        shown = ", ".join(f"{k}={trial['params'][k]}" for k in swept_names(sweep))
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in ((k, trial["params"][k]) for k in swept_names(sweep)))
         print(f"trial {number}/{count} {trial['run_id']} started: {shown}", flush=True)
         try:
-            outcome, code = run_trial(folder, trial, gpu, poll)
+            outcome, code = run_trial(folder, trial, gpu, poll, threads)
         except KeyboardInterrupt:
             with folder.locked() as state:
                 mine = next(t for t in state["trials"] if t["run_id"] == trial["run_id"])
@@ -416,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     folder.create(path)
     print(f"sweep folder: {root}  ({sweep['method']}, {args.count} trials, {workers} worker(s))", flush=True)
     slots = [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+    # Oversubscribed threads make small ops (per-image augmentation) many times slower.
+    threads = max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None
     try:
         if workers == 1:
-            worker(str(root), sweep, args.count, slots[0], args.poll)
+            worker(str(root), sweep, args.count, slots[0], args.poll, threads)
         else:
-            procs = [multiprocessing.Process(target=worker, args=(str(root), sweep, args.count, gpu, args.poll))
+            procs = [multiprocessing.Process(target=worker, args=(str(root), sweep, args.count, gpu, args.poll, threads))
                      for gpu in slots]
             for p in procs:
                 p.start()
