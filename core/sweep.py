@@ -178,14 +178,23 @@ class SweepFolder:
             return {}
 
 
-def _alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, from /proc), to tell a worker from a later process that
+    reuses its pid; None where /proc is not available or the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or _process_start(pid) in (None, started)
 
 
 def reap_lost_trials(state: dict, now: float) -> list[dict]:
@@ -195,7 +204,10 @@ def reap_lost_trials(state: dict, now: float) -> list[dict]:
     for trial in state.get("trials", []):
         if trial["state"] != "running":
             continue
-        gone = not _alive(trial["worker_pid"]) if trial["host"] == host else now - trial["heartbeat"] > STALE_SECONDS
+        if trial["host"] == host:
+            gone = not _alive(trial["worker_pid"], trial.get("worker_start"))
+        else:
+            gone = now - trial["heartbeat"] > STALE_SECONDS
         if gone:
             trial.update(state="crashed", ended=now, note="its worker died")
             lost.append(trial)
@@ -364,7 +376,8 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
                 print("the grid is exhausted", flush=True)
                 return
             trial = {"run_id": _new_run_id({t["run_id"] for t in trials}), "params": params, "state": "running",
-                     "host": socket.gethostname(), "worker_pid": os.getpid(), "started": time.time(),
+                     "host": socket.gethostname(), "worker_pid": os.getpid(),
+                     "worker_start": _process_start(os.getpid()), "started": time.time(),
                      "heartbeat": time.time()}
             trials.append(trial)
             number = len(trials)

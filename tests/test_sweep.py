@@ -171,7 +171,7 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     sweep_dir = tmp_path / "sweep"
     worker = subprocess.Popen(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # generous: CI machines can be slow and busy
     while time.time() < deadline:  # wait until the first trial has finished an epoch
         state = json.loads((sweep_dir / "state.json").read_text()) if (sweep_dir / "state.json").exists() else {}
         trials = state.get("trials", [])
@@ -185,7 +185,7 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     worker.wait()
     first = trials[0]["run_id"]
     summary = sweep_dir / "runs" / first / "summary.json"
-    deadline = time.time() + 60  # the orphaned trial gets SIGTERM (PDEATHSIG), saves and stops
+    deadline = time.time() + 120  # the orphaned trial gets SIGTERM (PDEATHSIG), saves and stops
     while time.time() < deadline and "interrupted" not in (summary.read_text() if summary.exists() else ""):
         time.sleep(0.2)
     assert "interrupted" in summary.read_text()
@@ -196,3 +196,23 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     assert len(trials) == 3 and trials[0]["run_id"] == first
     assert [t["state"] for t in trials] == ["crashed", "finished", "finished"], out.stdout
     assert sorted(float(t["learning_rate"]) for t in trials) == [0.005, 0.01, 0.02]  # no grid point run twice
+
+
+def test_lost_trials_are_told_from_live_ones():
+    import socket
+
+    from core.sweep import STALE_SECONDS, _process_start, reap_lost_trials
+
+    now = time.time()
+    me = {"host": socket.gethostname(), "worker_pid": os.getpid(), "worker_start": _process_start(os.getpid()),
+          "heartbeat": now, "state": "running"}
+    state = {"trials": [
+        {**me, "run_id": "alive"},
+        {**me, "run_id": "pid_reused", "worker_start": "1"},  # same pid, a different process: the worker is gone
+        {**me, "run_id": "other_host", "host": "elsewhere", "heartbeat": now - 10},
+        {**me, "run_id": "other_host_silent", "host": "elsewhere", "heartbeat": now - STALE_SECONDS - 1},
+        {**me, "run_id": "done", "state": "finished"},
+    ]}
+    lost = reap_lost_trials(state, now)
+    assert [t["run_id"] for t in lost] == ["pid_reused", "other_host_silent"]
+    assert [t["state"] for t in state["trials"]] == ["running", "crashed", "running", "crashed", "finished"]
