@@ -1,0 +1,174 @@
+"""Side-by-side benchmarks on one machine, one model and one data subset; prints a table and a final JSON line.
+
+    python bench/run.py            # ~15 min on 2 CPU cores
+    python bench/run.py --quick    # ~3 min: fewer images and epochs, same measurements
+
+- epoch_speedup_vs_naive: one training epoch (data + compute) of bench/naive.py (PIL decode every epoch, fp32, NCHW,
+  default allocator) over ours (decoded-image cache, channels_last, bf16 autocast where native, tuned allocator),
+  same CNN, batch size, optimiser and training files (an imagenette subset at 224 x 224).
+- train_gflops_ratio: our training GFLOP/s (3 x the analytic forward FLOPs per image x images/s: backward costs
+  about twice the forward) over a large channels_last convolution's forward GFLOP/s in the same precision.
+- loader_over_model: images/s of the cached data loader alone over images/s of training.
+- hyperband_epoch_fraction, hyperband_best_gap: the same grid of trials swept offline with and without hyperband;
+  the share of epochs trained, and the best val_acc without minus with (in points).
+- bf16_acc_gap: final val_acc with bf16 autocast minus fp32, per seed, beside the seed-to-seed spread.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from core.data import DATA_OPTIONS, load_data, make_loader
+from core.runtime import autocast, resolve_amp, tune_allocator
+from part_a.counting import count_cnn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
+
+
+def sh(command: list[str], env: dict | None = None) -> str:
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        raise SystemExit(f"failed ({out.returncode}): {' '.join(command)}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def train(out: Path, name: str, *flags: str, env: dict | None = None) -> tuple[list[dict], dict]:
+    sh([sys.executable, "part_a/train.py", f"--out_dir={out}", f"--run_name={name}", "--wandb_mode=disabled", *flags],
+       env={"TQDM_DISABLE": "1", **(env or {})})
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / name / "summary.json").read_text())
+
+
+def epoch_speedup(data: Path, per_class: int, out: Path) -> dict:
+    rows, _ = train(out, "ours", f"--data={data}", f"--max_images_per_class={per_class}", "--epochs=2")
+    split = json.loads((out / "ours" / "split.json").read_text())
+    images = len(split["train"])
+    ours = images / rows[-1]["images_per_sec"]  # the training pass of epoch 2 (the cache was built before epoch 1)
+    naive = json.loads(sh([sys.executable, "bench/naive.py", f"--root={data}", f"--files={out / 'ours' / 'split.json'}",
+                           "--epochs=2"]))
+    return {"images": images, "ours_epoch_s": ours, "naive_epoch_s": naive["epoch_seconds"][-1],
+            "ours_images_per_s": rows[-1]["images_per_sec"], "epoch_speedup_vs_naive": naive["epoch_seconds"][-1] / ours}
+
+
+def conv_ceiling(batch: int = 32) -> float:
+    """Forward GFLOP/s of a large 3x3 convolution, channels_last, in the precision training uses here."""
+    tune_allocator()
+    amp = resolve_amp("auto", torch.device("cpu"))
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 128, 56, 56).contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * 56 * 56 * 128 * 128 * 9
+    with torch.no_grad(), autocast(torch.device("cpu"), amp):
+        for _ in range(3):
+            conv(x)
+        start, n = time.perf_counter(), 10
+        for _ in range(n):
+            conv(x)
+    return flops * n / (time.perf_counter() - start) / 1e9
+
+
+def loader_speed(data: Path, per_class: int, batch: int = 64) -> float:
+    cfg = {name: opt.default for name, opt in DATA_OPTIONS.items()}
+    cfg.update(data=str(data), max_images_per_class=per_class)
+    images = load_data(cfg, 224, 3, progress=False).train
+    loader = make_loader(images, batch, True, cfg, torch.Generator().manual_seed(0), pin_memory=False)
+    start, count = time.perf_counter(), 0
+    for _ in range(3):
+        for x, _ in loader:
+            count += len(x)
+    return count / (time.perf_counter() - start)
+
+
+def hyperband(out: Path, epochs: int, learning_rates: list[float]) -> dict:
+    results = {}
+    for name, early in (("without", None), ("with", {"type": "hyperband", "min_iter": 1, "eta": 2})):
+        sweep = {"program": "part_a/train.py", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
+                 "command": ["${env}", "${interpreter}", "${program}", "${args}"],
+                 "parameters": {"data": {"value": "digits"}, "input_size": {"value": 32}, "epochs": {"value": epochs},
+                                "base_filters": {"value": 8}, "scheduler": {"value": "none"},
+                                "learning_rate": {"values": learning_rates},
+                                "batch_norm": {"values": [True, False]}}}
+        if early:
+            sweep["early_terminate"] = early
+        path = out / f"hyperband_{name}.yaml"
+        path.write_text(yaml.safe_dump(sweep))
+        count = 2 * len(learning_rates)
+        sh([sys.executable, "-m", "core.sweep", str(path), "--count", str(count), "--sweep_dir",
+            str(out / f"sweep_{name}"), "--poll", "0.5"], env={"WANDB_MODE": "disabled", "TQDM_DISABLE": "1"})
+        with open(out / f"sweep_{name}" / "trials.csv") as f:
+            trials = list(csv.DictReader(f))
+        results[name] = {"epochs": sum(int(t["epochs_run"]) for t in trials),
+                         "best": max(float(t["val_acc"]) for t in trials if t["val_acc"]),
+                         "stopped": sum(t["state"] == "stopped" for t in trials), "trials": len(trials)}
+    return {"hyperband": results,
+            "hyperband_epoch_fraction": results["with"]["epochs"] / results["without"]["epochs"],
+            "hyperband_best_gap": 100 * (results["without"]["best"] - results["with"]["best"])}
+
+
+def bf16_gap(out: Path, flags: list[str], seeds: list[int]) -> dict:
+    acc = {}
+    for amp in ("bf16", "off"):
+        for seed in seeds:
+            rows, _ = train(out, f"{amp}_{seed}", *flags, f"--amp={amp}", f"--seed={seed}")
+            acc[(amp, seed)] = rows[-1]["val_acc"]
+    gaps = [acc[("bf16", s)] - acc[("off", s)] for s in seeds]
+    spread = max(acc[("off", s)] for s in seeds) - min(acc[("off", s)] for s in seeds)
+    return {"bf16_val_acc": [acc[("bf16", s)] for s in seeds], "fp32_val_acc": [acc[("off", s)] for s in seeds],
+            "bf16_acc_gap": sum(gaps) / len(gaps), "fp32_seed_spread": spread}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    parser.add_argument("--data", default=str(IMAGENETTE), help="an image folder in the iNaturalist layout")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the benchmark's runs go")
+    args = parser.parse_args()
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    data = Path(args.data)
+    per_class = 20 if args.quick else 120
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                     "torch": torch.__version__, "quick": args.quick}
+    if (data / "train").is_dir():
+        results.update(epoch_speedup(data, per_class, out))
+        flops = count_cnn({"input_size": 224})["flops"]
+        results["train_gflops"] = 3 * flops * results["ours_images_per_s"] / 1e9
+        results["conv_ceiling_gflops"] = conv_ceiling()
+        results["train_gflops_ratio"] = results["train_gflops"] / results["conv_ceiling_gflops"]
+        results["loader_images_per_s"] = loader_speed(data, per_class)
+        results["loader_over_model"] = results["loader_images_per_s"] / results["ours_images_per_s"]
+        bf16_flags = [f"--data={data}", f"--max_images_per_class={40 if args.quick else 150}", "--input_size=128",
+                      f"--epochs={2 if args.quick else 6}"]
+    else:
+        print(f"{data} not found: skipping the imagenette measurements (speed, GFLOP/s, loader)")
+        bf16_flags = ["--data=digits", "--input_size=32", "--epochs=3"]
+    results.update(hyperband(out, 3 if args.quick else 8, [0.02, 1e-5] if args.quick else [0.02, 0.005, 3e-4, 1e-5]))
+    results.update(bf16_gap(out, bf16_flags, [0] if args.quick else [0, 1]))
+    results["bf16_data"] = " ".join(bf16_flags)
+
+    targets = {"epoch_speedup_vs_naive": (">=", 5), "train_gflops_ratio": (">=", 0.6), "loader_over_model": (">=", 10),
+               "hyperband_epoch_fraction": ("<=", 0.5), "hyperband_best_gap": ("<=", 1.0)}
+    print(f"\n{'measure':28} {'value':>10}  target")
+    for key, (op, bound) in targets.items():
+        if key in results:
+            ok = results[key] >= bound if op == ">=" else results[key] <= bound
+            print(f"{key:28} {results[key]:10.3f}  {op} {bound}  {'met' if ok else 'NOT met'}")
+    print(f"{'bf16_acc_gap':28} {results['bf16_acc_gap']:10.4f}  within the fp32 seed spread "
+          f"({results['fp32_seed_spread']:.4f})")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

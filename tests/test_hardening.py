@@ -1,0 +1,215 @@
+"""Bad input end to end, config fuzzing, and security checks over the whole tree."""
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, write_class_folders
+from core.config import Option, parse_args
+from core.errors import UserError
+from test_images import photo, write_png
+
+TINY = ["--epochs=1", "--input_size=32", "--base_filters=4", "--dense_neurons=8", "--batch_size=8"]
+
+
+def _jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def build_corpus(root):
+    """Every kind of file a scraped photo folder holds. Returns (loaded extras, expected skipped files)."""
+    write_class_folders(root, per_class=10)
+    loaded = {
+        "cat/with space é.jpg": lambda p: photo(40, 30).save(p),
+        "cat/UPPER.JPG": lambda p: photo(40, 30).save(p, format="JPEG"),
+        "cat/cmyk.jpg": lambda p: photo(40, 30).convert("CMYK").save(p),
+        "dog/rgba.png": lambda p: photo(40, 30).convert("RGBA").save(p),
+        "dog/palette.gif": lambda p: photo(40, 30).convert("P").save(p),
+        "dog/sixteen.png": lambda p: write_png(p, 4, 4, 16, 0, b"".join(b"\0" + b"\x12\x34" * 4 for _ in range(4))),
+        "dog/photo.webp": lambda p: photo(40, 30).save(p),
+        "owl/rotated.jpg": lambda p: p.write_bytes(_jpeg_bytes(photo(40, 30), exif=_exif_rotated())),
+        "owl/one_pixel.png": lambda p: Image.new("RGB", (1, 1), (9, 9, 9)).save(p),
+        "owl/very_wide.png": lambda p: photo(3000, 3).save(p),
+    }
+    skipped = {
+        "cat/empty.jpg": lambda p: p.write_bytes(b""),
+        "cat/truncated.jpg": lambda p: p.write_bytes(_jpeg_bytes(photo(300, 200))[:400]),
+        "dog/page.jpg": lambda p: p.write_text("<!DOCTYPE html><html>404</html>"),
+        "dog/noise.jpg": lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)),
+        "owl/bomb.png": lambda p: write_png(p, 20000, 20000, 8, 2, b"\0" * 61),
+        "owl/dangling.jpg": lambda p: p.symlink_to(root / "nowhere.jpg"),
+    }
+    for name, make in {**loaded, **skipped}.items():
+        make(root / name)
+    # ignored: hidden files and folders, non-image names; a symlink loop is walked once
+    (root / "cat" / ".hidden.jpg").write_bytes(b"junk")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "dog" / ".ipynb_checkpoints").mkdir()
+    (root / "dog" / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"junk")
+    (root / "owl" / "loop").symlink_to(root / "owl", target_is_directory=True)
+    return set(loaded), set(skipped)
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    return exif.tobytes()
+
+
+def test_bad_input_corpus_end_to_end(tmp_path):
+    data = tmp_path / "photos"
+    loaded, skipped = build_corpus(data)
+    out = subprocess.run([sys.executable, "part_a/train.py", f"--data={data}", *TINY, f"--out_dir={tmp_path}",
+                          "--run_name=r", "--test"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert {s["file"] for s in summary["skipped_files"]} == skipped
+    assert all(s["reason"] for s in summary["skipped_files"])
+    split = json.loads((tmp_path / "r" / "split.json").read_text())
+    used = [name for part in ("train", "val", "test") for name, _ in split[part]]
+    assert len(used) == len(set(used)) == 30 + len(loaded)  # every good file once, even through the loop
+    assert loaded <= set(used)
+    assert all(s in out.stderr for s in skipped)  # listed in the one warning
+
+    strict = subprocess.run([sys.executable, "part_a/train.py", f"--data={data}", *TINY, "--strict",
+                             f"--out_dir={tmp_path}", "--run_name=s"], cwd=ROOT, capture_output=True, text=True)
+    assert strict.returncode == 2 and strict.stderr.strip().count("\n") == 0
+    assert "--strict: 6 unreadable" in strict.stderr
+
+
+def test_symlinked_sub_folders_are_followed(tmp_path):
+    write_class_folders(tmp_path / "photos", per_class=5)
+    write_class_folders(tmp_path / "more", classes=("cat",), per_class=4)
+    (tmp_path / "photos" / "cat" / "more").symlink_to(tmp_path / "more" / "cat", target_is_directory=True)
+    from core.data import _class_files
+
+    files = _class_files(tmp_path / "photos", None)
+    assert len(files["cat"]) == 9 and len(files["dog"]) == 5
+
+
+# ---------------------------------------------------------------------------------------------- config fuzzing
+def invalid_values(opt: Option) -> list[str]:
+    bad = {"int": ["abc", "1.5"], "float": ["abc", "nan", "inf"], "bool": ["maybe"],
+           "ints": ["a,b"], "strs": [], "str": []}[opt.kind]
+    if opt.kind in ("int", "float"):
+        bad += [str(opt.min - 1)] if opt.min is not None else []
+        bad += [str(opt.max + 1)] if opt.max is not None else []
+    if opt.choices:
+        bad.append("definitely_not_a_choice")
+    if opt.length:
+        bad.append(",".join(["3"] * (opt.length + 1)))
+    if not opt.nullable and opt.kind != "str":
+        bad.append("none")
+    return bad
+
+
+def _programs():
+    from part_a.train import OPTIONS as part_a
+
+    programs = [("part_a/train.py", part_a)]
+    try:
+        from part_b.finetune import OPTIONS as part_b
+    except ImportError:  # Part B not present in this checkout
+        return programs
+    return programs + [("part_b/finetune.py", part_b)]
+
+
+@pytest.mark.parametrize("program, options", _programs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_flag_rejects_invalid_values_with_one_line(program, options):
+    checked = 0
+    for name, opt in options.items():
+        for value in invalid_values(opt):
+            with pytest.raises(UserError) as err:
+                parse_args([f"--{name}={value}"], options)
+            message = str(err.value)
+            assert f"--{name}" in message and "\n" not in message, (name, value, message)
+            checked += 1
+    assert checked >= 2 * len([o for o in options.values() if o.kind != "str" or o.choices])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--device=tpu"], "--device"),
+    (["--batch_size=0"], "--batch_size"),
+    (["--augmentations=hflip,spin"], "--augmentations"),
+    (["--filter_sizes=3,3"], "--filter_sizes"),
+    (["--config=/no/such.yaml"], "--config: file not found"),
+])
+def test_invalid_flags_exit_2_without_traceback(tmp_path, args, fragment):
+    out = subprocess.run([sys.executable, "part_a/train.py", "--data=digits", *TINY, f"--out_dir={tmp_path}", *args],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and fragment in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+# ---------------------------------------------------------------------------------------------- security
+def _tracked_files():
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [ROOT / f for f in listed.stdout.splitlines() if (ROOT / f).is_file()]
+
+
+def test_every_torch_load_is_weights_only():
+    calls = []
+    for path in _tracked_files():
+        if path.suffix != ".py":
+            continue
+        text = path.read_text()
+        for match in re.finditer(r"torch\.load\(", text):
+                depth, end = 0, match.end() - 1
+                for end in range(match.end() - 1, len(text)):  # to the matching parenthesis
+                    depth += {"(": 1, ")": -1}.get(text[end], 0)
+                    if depth == 0:
+                        break
+                calls.append((path.name, text[match.start():end + 1]))
+    assert calls, "no torch.load found: the check itself is broken"
+    unsafe = [(f, c) for f, c in calls if "weights_only=True" not in c and f != "test_hardening.py"]
+    assert not unsafe, unsafe
+
+
+KEY_PATTERNS = [
+    re.compile(r"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])"),  # W&B API keys (and anything shaped like one)
+    re.compile(r"wandb_v1_[A-Za-z0-9_]{20,}"),  # W&B's newer key format
+    re.compile(r"(?i)(api[_-]?key|secret|token|password)\s*[:=]\s*['\"][^'\"\s]{12,}['\"]"),
+    re.compile(r"AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9]{36}|sk-[A-Za-z0-9]{32,}"),
+]
+
+
+def test_no_keys_or_tokens_in_the_repository():
+    found = []
+    for path in _tracked_files():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for pattern in KEY_PATTERNS:
+            found += [(str(path.relative_to(ROOT)), m.group(0)[:12]) for m in pattern.finditer(text)
+                      if "test_hardening.py" not in path.name]
+    assert not found, found
+
+
+def test_key_patterns_catch_a_planted_key():
+    planted = 'WANDB_API_KEY = "' + "ab12" * 10 + '"'
+    assert any(p.search(planted) for p in KEY_PATTERNS)
+
+
+def test_the_wandb_key_never_reaches_the_run_folder(tmp_path):
+    key = "0123456789abcdef" * 2 + "01234567"  # 40 hex characters, like a real key (not one)
+    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, "part_a/train.py", "--data=digits", *TINY, "--max_images_per_class=10",
+                          f"--out_dir={tmp_path}", "--run_name=k"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = [p for p in (tmp_path / "k").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)  # the offline W&B run was written
+    leaked = [str(p) for p in files if key.encode() in p.read_bytes()]
+    assert not leaked and key not in out.stdout + out.stderr
