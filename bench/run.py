@@ -59,7 +59,8 @@ def epoch_speedup(data: Path, per_class: int, out: Path) -> dict:
     naive = json.loads(sh([sys.executable, "bench/naive.py", f"--root={data}", f"--files={out / 'ours' / 'split.json'}",
                            "--epochs=2"]))
     return {"images": images, "ours_epoch_s": ours, "naive_epoch_s": naive["epoch_seconds"][-1],
-            "ours_images_per_s": rows[-1]["images_per_sec"], "epoch_speedup_vs_naive": naive["epoch_seconds"][-1] / ours}
+            "ours_images_per_s": rows[-1]["images_per_sec"],
+            "epoch_speedup_vs_naive": naive["epoch_seconds"][-1] / ours}
 
 
 def conv_ceiling(batch: int = 32) -> float:

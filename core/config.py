@@ -87,7 +87,9 @@ def parse_value(name: str, opt: Option, raw: Any) -> Any:
         raise UserError(f"--{name}: a value is required: expected {_describe(opt)}")
     try:
         if opt.kind in ("ints", "strs"):
-            items = raw if isinstance(raw, (list, tuple)) else str(raw).replace(" ", "").strip("[]").split(",")
+            if isinstance(raw, str) and raw.strip().startswith("["):  # a W&B agent's str(list): [a, 'b']
+                raw = yaml.safe_load(raw)
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).replace(" ", "").split(",")
             scalar_kind = "int" if opt.kind == "ints" else "str"
             values = [_scalar(str(item).strip(), scalar_kind) for item in items if str(item).strip() != ""]
             value: Any = values
@@ -96,7 +98,7 @@ def parse_value(name: str, opt: Option, raw: Any) -> Any:
                 raise ValueError
             value = _scalar(str(raw).strip(), opt.kind)
             values = [value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, yaml.YAMLError):
         raise UserError(f"--{name}: expected {_describe(opt)}, got {raw!r}") from None
     if opt.length is not None and len(values) != opt.length:
         raise UserError(f"--{name}: expected {_describe(opt)}, got {len(values)} value(s): {raw!r}")

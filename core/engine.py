@@ -68,6 +68,8 @@ class Progress:
     best_metrics: dict = field(default_factory=dict)
     bad_epochs: int = 0
     train_seconds: float = 0.0
+    train_images: int = 0  # images seen by the training loops, and their seconds: the run's images/s
+    train_loop_seconds: float = 0.0
 
     def update(self, metrics: dict, monitor: str, min_delta: float) -> bool:
         value = metrics[monitor]
@@ -78,6 +80,18 @@ class Progress:
         else:
             self.bad_epochs += 1
         return improved
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own trainable parameters, optimiser and schedule (e.g. fastai's fine_tune:
+    the head alone, then more of the network at a lower learning rate). `param_groups()` runs when the phase starts,
+    also on resume: it sets requires_grad and returns the optimiser's parameters (tensors, or groups as dicts with
+    their own "lr"). `overrides` replace engine config keys (learning_rate, scheduler, ...) in this phase."""
+
+    epochs: int | None  # None: until cfg["epochs"]
+    param_groups: Callable[[], list]
+    overrides: dict = field(default_factory=dict)
 
 
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
@@ -169,8 +183,11 @@ def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None
 
 
 def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, loss_fn, scheduler, step_on: str,
-                    grad_clip: float | None, desc: str) -> dict[str, float]:
+                    grad_clip: float | None, desc: str, train_mode: Callable[[], None] | None = None
+                    ) -> dict[str, float]:
     model.train()
+    if train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
+        train_mode()
     total_loss = torch.zeros((), device=batches.device)
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
     count = 0
@@ -204,11 +221,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def phase_starts(phases: list[Phase]) -> list[int]:
+    """The number of epochs completed before each phase begins."""
+    starts = [0]
+    for phase in phases[:-1]:
+        starts.append(starts[-1] + phase.epochs)
+    return starts
+
+
+def default_phases(model: nn.Module) -> list[Phase]:
+    """One phase that trains every parameter with requires_grad, with the config's optimiser and schedule."""
+    return [Phase(None, lambda: [p for p in model.parameters() if p.requires_grad])]
+
+
 def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
-        normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None
-        ) -> dict[str, Any]:
+        normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
+        phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train with validation every epoch, keep the best checkpoint, and (cfg['test']) evaluate it on the test
-    split. `log(metrics, epoch)` receives each epoch's metrics. Returns the run summary."""
+    split. `log(metrics, epoch)` receives each epoch's metrics. Returns the run summary.
+
+    `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
+    optimiser and schedule. `train_mode()` runs after `model.train()` at the start of every training epoch."""
     device = resolve_device(cfg["device"])
     amp = resolve_amp(cfg["amp"], device)
     model.to(device)
@@ -225,33 +258,52 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     train_loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, pin)
     val_loader = make_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
 
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    scheduler, step_on = build_scheduler(optimizer, cfg, len(train_loader))
+    phases = phases or default_phases(model)
+    starts = phase_starts(phases)
+
+    def phase_at(epoch: int) -> int:
+        return max(i for i, start in enumerate(starts) if start < epoch)
+
+    def start_phase(index: int):
+        end = starts[index + 1] if index + 1 < len(phases) else cfg["epochs"]
+        phase_cfg = {**cfg, **phases[index].overrides, "epochs": end - starts[index]}
+        optimizer = build_optimizer(phases[index].param_groups(), phase_cfg)
+        return (optimizer, *build_scheduler(optimizer, phase_cfg, len(train_loader)))
+
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     weights = class_weights(data.train.labels, len(data.classes)).to(device) if cfg["class_weights"] == "auto" else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg["label_smoothing"])
 
     progress = Progress()
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path, device)
+    state = load_checkpoint(last_path, device) if resume and last_path.exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         progress = Progress(**state["progress"])
+    phase = phase_at(progress.epoch + 1)
+    optimizer, scheduler, step_on = start_phase(phase)
+    if state is not None:
+        # At a phase boundary the saved optimiser belongs to the finished phase: the new one starts fresh.
+        if state.get("phase", 0) == phase:
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
 
     epochs = cfg["epochs"]
     for epoch in tqdm(range(progress.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
                       initial=progress.epoch, total=epochs, disable=None):
+        if phase_at(epoch) != phase:
+            phase = phase_at(epoch)
+            optimizer, scheduler, step_on = start_phase(phase)
+            tqdm.write(f"phase {phase + 1}/{len(phases)} from epoch {epoch}")
         seed_everything(epoch_seed(cfg["seed"], epoch))
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[-1]["lr"]
         train = train_one_epoch(net, train_loader, batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
-                                cfg["grad_clip"], f"epoch {epoch}/{epochs}")
+                                cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode)
         val = evaluate(net, val_loader, batches, amp, desc="validate")
         metrics = {"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"], "learning_rate": lr}
         if scheduler is not None and step_on == "epoch":
@@ -260,6 +312,9 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             scheduler.step(metrics[cfg["monitor"]])
         metrics["epoch_seconds"] = time.perf_counter() - epoch_start
         progress.train_seconds += metrics["epoch_seconds"]
+        if train["images_per_sec"] > 0:
+            progress.train_images += len(train_set)
+            progress.train_loop_seconds += len(train_set) / train["images_per_sec"]
         if progress.update(metrics, cfg["monitor"], cfg["min_delta"]):
             save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "classes": data.classes,
                          "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
@@ -268,7 +323,8 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         log(metrics, epoch)
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                     "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state()}, last_path)
+                     "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
+                     "phase": phase}, last_path)
         tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
                    f"  val_loss {val['loss']:.4f}  val_acc {val['acc']:.4f}  lr {lr:.2e}"
                    f"  {train['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f}s")
@@ -278,7 +334,9 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     best = progress.best_metrics
     summary = {"val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"), "best_epoch": progress.best_epoch,
-               "epochs_run": progress.epoch, "train_seconds": progress.train_seconds, **(extra or {})}
+               "epochs_run": progress.epoch, "train_seconds": progress.train_seconds,
+               "images_per_sec": progress.train_images / progress.train_loop_seconds
+               if progress.train_loop_seconds > 0 else None, **(extra or {})}
     if cfg.get("test"):
         if not best_path.exists():
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")

@@ -100,7 +100,10 @@ class _DecodeChunk(Dataset):
 
 def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, num_workers: int, progress: bool):
     chunks = BatchSampler(SequentialSampler(paths), batch_size=16, drop_last=False)
-    loader = DataLoader(_DecodeChunk(paths, size, channels), sampler=chunks, batch_size=None, num_workers=num_workers)
+    # Its own generator: building a cache must not consume the global RNG, or a run's model initialisation would
+    # depend on whether the cache already existed.
+    loader = DataLoader(_DecodeChunk(paths, size, channels), sampler=chunks, batch_size=None, num_workers=num_workers,
+                        generator=torch.Generator())
     tmp, n, skipped = npy.with_name(npy.name + ".partial"), 0, []
     # appending rows with write() is ~1.5x faster than filling a fresh memmap page by page
     with open(tmp, "wb") as f, tqdm(total=len(paths), desc="decoding images", unit="img",

@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 
 from core.config import Option, parse_args, parse_value
 from core.data import Data, channel_stats, load_data
-from core.engine import fit
+from core.engine import Phase, fit
 from core.errors import UserError
 from core.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
                           tune_allocator)
@@ -28,10 +29,11 @@ RUN_OPTIONS = {
                              "sweep agent)", nullable=True),
     "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
     "resume": Option(False, "continue <out_dir>/<run_name> from its last completed epoch", "bool"),
+    "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
 }
 # Flags that describe how to run, not what to train: they may differ when a run is resumed.
-_RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "epochs", "num_workers", "device", "compile", "cache_dir",
-                 "wandb_mode", "wandb_project", "wandb_entity", "patience"}
+_RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "report", "epochs", "num_workers", "device", "compile",
+                 "cache_dir", "wandb_mode", "wandb_project", "wandb_entity", "patience"}
 
 
 @dataclass
@@ -39,6 +41,9 @@ class ModelSpec:
     model: nn.Module
     info: dict  # goes into the summary (e.g. params, flops)
     normalization: tuple[list[float], list[float]] | None = None  # None: per-channel stats of the training split
+    phases: list[Phase] | None = None  # None: one phase training every parameter with requires_grad
+    train_mode: Callable[[], None] | None = None  # runs after model.train() each epoch (see core.engine.fit)
+    run: Callable[..., dict] = fit  # fit, or another function with fit's signature (e.g. an LR range test)
 
 
 def _new_run_name() -> str:
@@ -79,6 +84,18 @@ def _write_split(run_dir: Path, data: Data, seed: int, resume: bool) -> None:
     write_json(path, record)
 
 
+def _report(run_dir: Path, model: nn.Module, data: Data, normalization, cfg: dict, tracker: Tracker) -> None:
+    """The run's results are saved already: a failing report is reported, not fatal."""
+    from core.report import build_report
+
+    try:
+        print(f"report: {build_report(run_dir, model, data, normalization, cfg, wandb_run=tracker.run)}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"warning: the report failed ({type(exc).__name__}: {exc}); training and test results are saved; "
+              f"retry with: python -m core.report {run_dir}", file=sys.stderr)
+
+
 def run_training(argv: list[str], options: dict[str, Option], *, prog: str, description: str,
                  prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec]) -> int:
     """`prepare(cfg)` validates the config and returns (input_size, channels) before any data is touched;
@@ -108,10 +125,12 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
         normalization = spec.normalization or channel_stats(data.train)
         skipped = [{"file": f, "reason": r} for f, r in data.skipped]
         summary = {"status": "running", **spec.info, "skipped_files": skipped}
-        summary = fit(spec.model, data, cfg, run_dir, tracker.log, normalization, resume=cfg["resume"],
-                      extra=summary)
+        summary = spec.run(spec.model, data, cfg, run_dir, tracker.log, normalization, resume=cfg["resume"],
+                           extra=summary, phases=spec.phases, train_mode=spec.train_mode)
         summary["status"] = "finished"
         tracker.summary(summary)
+        if cfg["test"] and cfg["report"] and spec.run is fit:  # spec.model now holds the best checkpoint
+            _report(run_dir, spec.model, data, normalization, cfg, tracker)
         tracker.finish(0)
         print(f"run folder: {run_dir}")
         return 0

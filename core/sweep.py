@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy
 import yaml
 
-from core.errors import UserError
+from core.errors import ArgumentParser, UserError
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 TERMINAL = ("finished", "stopped", "failed", "crashed")
@@ -411,8 +411,8 @@ def default_sweep_dir(path: Path, sweep: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_yaml", help="a W&B sweep file, e.g. sweeps/cnn.yaml")
     parser.add_argument("--count", type=int, required=True, help="trials in the whole sweep (all workers together)")
     parser.add_argument("--workers", type=int, default=None, help="parallel trials on this machine (default 1, or "
@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         if workers == 1:
             worker(str(root), sweep, args.count, slots[0], args.poll, threads)
         else:
-            procs = [multiprocessing.Process(target=worker, args=(str(root), sweep, args.count, gpu, args.poll, threads))
+            procs = [multiprocessing.Process(target=worker,
+                                             args=(str(root), sweep, args.count, gpu, args.poll, threads))
                      for gpu in slots]
             for p in procs:
                 p.start()

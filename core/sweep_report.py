@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from core.errors import UserError
+from core.errors import ArgumentParser, UserError
 from core.sweep import swept_names
 
 FIXED_COLUMNS = ("trial", "run_id", "state", "epochs_run", "params", "flops", "test_acc", "seconds")
@@ -713,8 +713,8 @@ def _wandb_line(run: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.sweep_report", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m core.sweep_report", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="a sweep folder of `python -m core.sweep`, or a W&B sweep ENTITY/PROJECT/ID")
     parser.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
     parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to a W&B run")

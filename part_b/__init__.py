@@ -1,1 +1,1 @@
-"""Part B: fine-tuning pretrained torchvision backbones (see its issue; not built yet)."""
+"""Part B: fine-tuning pretrained torchvision backbones (and EfficientNet-Lite0) under exact freezing strategies."""

@@ -1,0 +1,148 @@
+"""A W&B Report for a project or one sweep, built with the `wandb-workspaces` package: sweep charts (the metric per
+run, parallel coordinates, parameter importance, per-epoch curves), then the panels that `python -m core.report`
+logs (prediction grid, confusion matrix, mistakes, filters, guided backpropagation, Grad-CAM and their tables), then
+Part B's comparison tables from `python -m core.compare`.
+
+    python -m core.wandb_report --entity E --project P [--sweep ID | --group sweep-NAME] [--out FILE.json]
+
+Online (an API key, and $WANDB_MODE neither offline nor disabled) the report is saved in the project and its URL
+printed. Either way its specification (every block and panel with its settings, as wandb-workspaces holds them) is
+written to JSON (--out; default runs/wandb_report-<project>[-<sweep or group>].json); offline that file is all there
+is, and the command says so. Runs of `python -m core.sweep` reach W&B through `wandb sync` as ordinary runs grouped as
+`sweep-<name>`: select them with --group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import run_cli
+from core.errors import ArgumentParser, UserError
+from core.report import PANEL_KEYS, WANDB_TABLE_KEYS
+from core.tracking import resolve_mode
+
+DEFAULT_SWEEP_YAML = Path(__file__).resolve().parents[1] / "sweeps" / "cnn.yaml"
+COMPARE_TABLES = ("strategy_comparison", "model_comparison")  # as core.compare logs them, with trainable_params
+
+
+def swept_parameters(sweep_yaml: Path) -> tuple[list[str], str]:
+    """(the searched parameters, the metric) of a sweep YAML."""
+    from core.sweep import swept_names
+
+    try:
+        config = yaml.safe_load(Path(sweep_yaml).read_text())
+        return swept_names(config), config["metric"]["name"]
+    except FileNotFoundError:
+        raise UserError(f"--sweep_yaml: file not found: {sweep_yaml}") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise UserError(f"--sweep_yaml: {sweep_yaml} is not a sweep config with parameters and a metric: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def run_filter(sweep: str | None, group: str | None) -> str:
+    if sweep and group:
+        raise UserError("give --sweep (a W&B sweep id) or --group (runs synced from `python -m core.sweep`), not both")
+    if sweep:
+        return f"Sweep = '{sweep}'"
+    return f"Group = '{group}'" if group else ""
+
+
+def build(entity: str, project: str, title: str, runs: str, parameters: list[str], metric: str):
+    """The report: wandb_workspaces.reports.v2.Report (not saved)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    def runset(name: str, filters: str = runs) -> Any:
+        return wr.Runset(entity=entity, project=project, name=name, filters=filters,
+                         order=[wr.OrderBy(wr.SummaryMetric(metric), ascending=False)])
+
+    sweep_panels = [
+        wr.ScatterPlot(title=f"{metric} per run", x="CreatedTimestamp", y=wr.SummaryMetric(metric)),
+        wr.ParallelCoordinatesPlot(title="parallel coordinates",
+                                   columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in parameters]
+                                   + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric))]),
+        wr.ParameterImportancePlot(with_respect_to=metric),
+        wr.LinePlot(title=f"{metric} per epoch", x="epoch", y=[metric]),
+        wr.LinePlot(title="loss per epoch", x="epoch", y=["train_loss", "val_loss"]),
+        wr.LinePlot(title="learning rate", x="epoch", y=["learning_rate"]),
+    ]
+    report_panels = [wr.MediaBrowser(title=key.replace("_", " "), media_keys=[f"report/{key}"], num_columns=1)
+                     for key in PANEL_KEYS]
+    report_panels += [wr.WeavePanelSummaryTable(table_name=f"report/{key}") for key in WANDB_TABLE_KEYS]
+    compare_panels = [wr.WeavePanelSummaryTable(table_name=key) for key in COMPARE_TABLES]
+    compare_panels.append(wr.MediaBrowser(title="trainable parameters", media_keys=["trainable_params"]))
+    scope = f"runs filtered by `{runs}`" if runs else "every run of the project"
+    return wr.Report(entity=entity, project=project, title=title, description=f"{project}: {scope}", blocks=[
+        wr.H1("Sweep"),
+        wr.P(f"{metric} of each run, the searched parameters ({', '.join(parameters)}) against it, and the "
+             "per-epoch curves."),
+        wr.PanelGrid(runsets=[runset("runs")], panels=sweep_panels),
+        wr.H1("Predictions and interpretability"),
+        wr.P("Logged by `python -m core.report RUN_DIR --wandb` (and by training with --test): the best run by "
+             f"{metric} comes first."),
+        wr.PanelGrid(runsets=[runset("runs with a report")], panels=report_panels),
+        wr.H1("Part B: strategy and model comparison"),
+        wr.P("Logged by `python -m core.compare`."),
+        wr.PanelGrid(runsets=[runset("comparisons", "JobType = 'compare'")], panels=compare_panels),
+    ])
+
+
+def spec(obj: Any) -> Any:
+    """A wandb-workspaces object as plain JSON data: each object with its type name and its public fields that
+    are set."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            value = spec(getattr(obj, f.name))
+            if not f.name.startswith("_") and value not in (None, "", [], {}):
+                out[f.name] = value
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [spec(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): spec(v) for k, v in obj.items()}
+    return obj
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="python -m core.wandb_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="default: $WANDB_ENTITY")
+    parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"), help="default: $WANDB_PROJECT")
+    parser.add_argument("--sweep", help="a W&B sweep id: only its runs")
+    parser.add_argument("--group", help="a run group, e.g. sweep-<name> for runs synced from `python -m core.sweep`")
+    parser.add_argument("--title", help="default: '<project> sweep report'")
+    parser.add_argument("--sweep_yaml", type=Path, default=DEFAULT_SWEEP_YAML,
+                        help="the sweep config whose parameters and metric the charts show (default: sweeps/cnn.yaml)")
+    parser.add_argument("--out", type=Path, help="the specification's JSON file")
+    args = parser.parse_args(argv)
+    if not args.entity or not args.project:
+        raise UserError("--entity and --project are required (or set $WANDB_ENTITY and $WANDB_PROJECT)")
+    runs = run_filter(args.sweep, args.group)
+    parameters, metric = swept_parameters(args.sweep_yaml)
+    title = args.title or f"{args.project} sweep report"
+    report = build(args.entity, args.project, title, runs, parameters, metric)
+    suffix = f"-{args.sweep or args.group}" if args.sweep or args.group else ""
+    out = args.out or Path("runs") / f"wandb_report-{args.project}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mode = resolve_mode(None)
+    out.write_text(json.dumps({"entity": args.entity, "project": args.project, "filters": runs,
+                               "saved": mode == "online", "report": spec(report)}, indent=2) + "\n")
+    if mode != "online":
+        print(f"W&B is {mode} (no API key, or WANDB_MODE={mode}): the report was not saved; its specification is in "
+              f"{out}. Run this command again online to save it.")
+        return 0
+    try:
+        report.save()
+    except Exception as exc:  # network, authentication and GraphQL errors surface as many types
+        raise UserError(f"cannot save the W&B report: {(str(exc) or type(exc).__name__).splitlines()[0]} "
+                        f"(its specification is in {out})") from None
+    print(f"saved the W&B report: {report.url} (specification in {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

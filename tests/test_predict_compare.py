@@ -1,0 +1,147 @@
+"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and core.compare on real Part B runs."""
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, write_class_folders
+from core.compare import compare
+from part_b.predict import Predictor, image_files
+from part_b.predict import predict as predict_rows
+from wandb_records import history_and_summary
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """Two short fine-tuning runs of one architecture (different seeds), evaluated in float32 (--amp=off)."""
+    root = tmp_path_factory.mktemp("part_b_runs")
+    data = write_class_folders(root / "photos", per_class=12)
+    env = {**os.environ, "SWEEPCNN_CACHE": str(root / "cache")}  # module scope: before the per-test cache fixture
+    for seed in (0, 1):
+        proc = subprocess.run([sys.executable, "part_b/finetune.py", f"--data={data}", "--model=efficientnet_lite0",
+                               "--input_size=32", "--epochs=2", "--learning_rate=0.01", "--amp=off", "--test",
+                               f"--seed={seed}", f"--out_dir={root / 'runs'}", f"--run_name=seed{seed}"],
+                              cwd=ROOT, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+    return {"data": data, "runs": root / "runs"}
+
+
+def predict(*args, check=True):
+    proc = subprocess.run([sys.executable, "part_b/predict.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_predictions_reproduce_the_runs_test_accuracy(runs, tmp_path):
+    run = runs["runs"] / "seed0"
+    split = json.loads((run / "split.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    images = tmp_path / "test_images"
+    for name, _ in split["test"]:  # the run's test split
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(runs["data"] / name, images / name)
+    out = tmp_path / "preds.csv"
+    predict("--checkpoints", run / "best.pt", "--images", images, "--out", out)
+    predicted = {row["file"]: row for row in rows(out.read_text())}
+    truth = dict(split["test"])
+    assert set(predicted) == set(truth)
+    accuracy = sum(predicted[f]["prediction"] == label for f, label in truth.items()) / len(truth)
+    assert accuracy == pytest.approx(summary["test_acc"])
+    for row in predicted.values():
+        probs = [float(row[f"p_{c}"]) for c in split["classes"]]
+        assert sum(probs) == pytest.approx(1, abs=1e-5) and float(row["probability"]) == pytest.approx(max(probs))
+        assert row["prediction"] == split["classes"][probs.index(max(probs))] and row["error"] == ""
+
+
+def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_reported(runs, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(runs["data"] / "cat", images / "cat")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "notes.txt").write_text("not an image")  # no image extension: ignored
+    a, b = runs["runs"] / "seed0" / "best.pt", runs["runs"] / "seed1" / "best.pt"
+    files, root = image_files(images)
+    single = [{r["file"]: r for r in predict_rows(Predictor([ckpt], torch.device("cpu")), files, root, 5)}
+              for ckpt in (a, b)]
+    proc = predict("--checkpoints", a, b, "--images", images)
+    ensemble = {r["file"]: r for r in rows(proc.stdout)}
+    assert set(ensemble) == {f"cat/img_{i:03d}.jpg" for i in range(12)} | {"broken.jpg"}
+    assert ensemble["broken.jpg"]["prediction"] == "" and "corrupt" in ensemble["broken.jpg"]["error"]
+    assert "12 of 13 images predicted with 2 model(s)" in proc.stderr
+    classes = ["cat", "dog", "owl"]
+    differs = 0
+    for name, row in ensemble.items():
+        if name == "broken.jpg":
+            continue
+        for c in classes:
+            mean = (single[0][name][f"p_{c}"] + single[1][name][f"p_{c}"]) / 2
+            assert float(row[f"p_{c}"]) == pytest.approx(mean, abs=1e-5)
+            differs += abs(single[0][name][f"p_{c}"] - single[1][name][f"p_{c}"]) > 1e-4
+    assert differs  # the two members really are different models
+
+
+def test_an_ensemble_needs_one_architecture(runs, tmp_path):
+    state = torch.load(runs["runs"] / "seed1" / "best.pt", weights_only=True)
+    state["config"]["input_size"] = 64
+    torch.save(state, tmp_path / "other.pt")
+    proc = predict("--checkpoints", runs["runs"] / "seed0" / "best.pt", tmp_path / "other.pt", "--images",
+                   runs["data"], check=False)
+    assert proc.returncode == 2 and "an ensemble needs one architecture" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def write_run(folder: Path, **summary) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "schedule": "single", **summary}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": summary["model"]}))
+
+
+def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path):
+    sweep = tmp_path / "sweep"
+    common = {"weights": "DEFAULT", "total_params": 1000, "train_seconds": 5.0, "images_per_sec": 50.0,
+              "epochs_run": 3, "k": None}
+    write_run(sweep / "runs" / "a", model="resnet50", strategy="none", val_acc=0.9, test_acc=0.5,
+              trainable_params=1000, **common)
+    write_run(sweep / "runs" / "b", model="resnet50", strategy="none", val_acc=0.8, test_acc=0.95,
+              trainable_params=1000, **common)
+    write_run(sweep / "runs" / "c", model="resnet50", strategy="all_except_last", val_acc=0.85, test_acc=0.9,
+              trainable_params=10, **common)
+    strategies, models = compare([sweep, runs["runs"] / "seed0", runs["runs"] / "seed1"], tmp_path / "out")
+    by_strategy = {(r["model"], r["strategy"]): r for r in strategies}
+    assert by_strategy[("resnet50", "none")]["run"].endswith("a") and by_strategy[("resnet50", "none")]["runs"] == 2
+    assert by_strategy[("efficientnet_lite0", "all_except_last")]["runs"] == 2
+    lite = json.loads((runs["runs"] / "seed0" / "summary.json").read_text())
+    assert by_strategy[("efficientnet_lite0", "all_except_last")]["trainable_params"] == lite["trainable_params"]
+    assert [r["model"] for r in models][0] in ("resnet50", "efficientnet_lite0")
+    assert next(r for r in models if r["model"] == "resnet50")["run"].endswith("a")
+    with open(tmp_path / "out" / "strategies.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and {"val_acc", "test_acc", "trainable_params", "total_params", "train_seconds",
+                                "images_per_sec", "epochs_run"} <= set(table[0])
+    assert (tmp_path / "out" / "models.md").read_text().startswith("| model |")
+    assert (tmp_path / "out" / "trainable_params.png").stat().st_size > 5000
+
+
+def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "core.compare", str(runs["runs"]), "--out", str(tmp_path / "cmp"),
+                           "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Strategies" in proc.stdout and "efficientnet_lite0" in proc.stdout
+    history, _, files = history_and_summary(tmp_path / "cmp")
+    logged = history[0]
+    assert logged["strategy_comparison._type"] == logged["model_comparison._type"] == "table-file"
+    assert logged["strategy_comparison.nrows"] == 1 and logged["trainable_params._type"] == "image-file"
+    assert sum(f.endswith(".table.json") for f in files) == 2 and any(f.endswith(".png") for f in files)
