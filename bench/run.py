@@ -93,10 +93,10 @@ def loader_speed(data: Path, per_class: int, batch: int = 64) -> float:
 
 def hyperband(out: Path, epochs: int, learning_rates: list[float]) -> dict:
     results = {}
-    for name, early in (("without", None), ("with", {"type": "hyperband", "min_iter": 1, "eta": 2})):
+    for name, early in (("without", None), ("with", {"type": "hyperband", "min_iter": 1, "eta": 3})):
         sweep = {"program": "part_a/train.py", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
                  "command": ["${env}", "${interpreter}", "${program}", "${args}"],
-                 "parameters": {"data": {"value": "digits"}, "input_size": {"value": 32}, "epochs": {"value": epochs},
+                 "parameters": {"data": {"value": "digits"}, "input_size": {"value": 64}, "epochs": {"value": epochs},
                                 "base_filters": {"value": 8}, "scheduler": {"value": "none"},
                                 "learning_rate": {"values": learning_rates},
                                 "batch_norm": {"values": [True, False]}}}
@@ -154,7 +154,7 @@ def main() -> None:
     else:
         print(f"{data} not found: skipping the imagenette measurements (speed, GFLOP/s, loader)")
         bf16_flags = ["--data=digits", "--input_size=32", "--epochs=3"]
-    results.update(hyperband(out, 3 if args.quick else 8, [0.02, 1e-5] if args.quick else [0.02, 0.005, 3e-4, 1e-5]))
+    results.update(hyperband(out, 3 if args.quick else 9, [0.02, 1e-5] if args.quick else [0.02, 0.005, 3e-4, 1e-5]))
     results.update(bf16_gap(out, bf16_flags, [0] if args.quick else [0, 1]))
     results["bf16_data"] = " ".join(bf16_flags)
 

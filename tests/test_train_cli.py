@@ -187,3 +187,15 @@ def test_summary_holds_the_best_epoch_end_to_end(tmp_path):
     assert len(history) == 3 and summary["best_epoch"] == best["epoch"]
     assert wandb_summary["val_acc"] == summary["val_acc"] == best["val_acc"]
     assert wandb_summary["params"] == summary["params"] and wandb_summary["flops"] == summary["flops"]
+
+
+def test_a_tested_run_writes_its_report_and_logs_it_to_its_wandb_run(tmp_path):
+    train("--data=digits", "--epochs=1", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST,
+          env={"WANDB_MODE": "offline"})
+    report = tmp_path / "r" / "report"
+    assert {"report.html", "predictions.png", "confusion_matrix.png", "filters.png", "gradcam.png",
+            "guided_backprop.png", "curves.png", "per_class.csv"} <= {p.name for p in report.iterdir()}
+    history, _, files = history_and_summary(tmp_path / "r")
+    logged = {key for row in history for key in row}
+    assert {"report/predictions.path", "report/gradcam.path", "report/filters.path"} <= logged, sorted(logged)
+    assert any(f.endswith(".png") and "report" in f for f in files), files
