@@ -217,3 +217,39 @@ def test_lost_trials_are_told_from_live_ones():
     lost = reap_lost_trials(state, now)
     assert [t["run_id"] for t in lost] == ["pid_reused", "other_host_silent"]
     assert [t["state"] for t in state["trials"]] == ["running", "crashed", "running", "crashed", "finished"]
+
+
+def test_one_of_three_workers_killed_then_all_killed_and_restarted(tmp_path):
+    rates = [0.01, 0.02, 0.005, 0.03, 0.015, 0.008]
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": rates}, "epochs": {"value": 40}}, method="grid")
+    sweep_dir = tmp_path / "sweep"
+    main = subprocess.Popen(sweep_cmd(path, sweep_dir, 6, "--workers", "3"), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trials() -> list[dict]:
+        state = sweep_dir / "state.json"
+        return json.loads(state.read_text())["trials"] if state.exists() else []
+
+    def wait(condition, what: str) -> None:
+        deadline = time.time() + 300
+        while not condition():
+            if time.time() > deadline:
+                os.killpg(main.pid, signal.SIGKILL)
+                pytest.fail(f"timed out waiting for {what}: {trials()}")
+            time.sleep(0.1)
+
+    wait(lambda: len({t["worker_pid"] for t in trials() if t["state"] == "running"}) == 3, "three running trials")
+    victim = next(t for t in trials() if t["state"] == "running")
+    os.kill(victim["worker_pid"], signal.SIGKILL)  # one worker dies mid-trial; the other two go on
+    wait(lambda: len(trials()) >= 4, "the other workers to claim more trials")
+    os.killpg(main.pid, signal.SIGKILL)  # then every process of the sweep, trials included
+    main.wait()
+
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 6), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_trials(sweep_dir)
+    assert len(rows) == 6 and len({r["run_id"] for r in rows}) == 6
+    assert sorted(float(r["learning_rate"]) for r in rows) == sorted(rates)  # every grid point once, none lost
+    states = {r["run_id"]: r["state"] for r in rows}
+    assert states[victim["run_id"]] == "crashed"
+    assert set(states.values()) <= {"crashed", "finished"} and "finished" in states.values()

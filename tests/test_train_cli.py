@@ -199,3 +199,30 @@ def test_a_tested_run_writes_its_report_and_logs_it_to_its_wandb_run(tmp_path):
     logged = {key for row in history for key in row}
     assert {"report/predictions.path", "report/gradcam.path", "report/filters.path"} <= logged, sorted(logged)
     assert any(f.endswith(".png") and "report" in f for f in files), files
+
+
+def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(tmp_path):
+    import random
+
+    args = ["--data=digits", "--epochs=12", "--deterministic", "--report=false", f"--out_dir={tmp_path}", *FAST]
+    train(*args, "--run_name=whole")
+    rng, run, kills = random.Random(0), tmp_path / "killed", 0
+    for _ in range(6):  # a kill lands anywhere: start-up, mid-epoch, validation, a checkpoint write
+        resume = ["--resume"] if (run / "config.yaml").exists() else []
+        proc = subprocess.Popen([sys.executable, "part_a/train.py", *args, "--run_name=killed", *resume], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=rng.uniform(2.5, 5.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            kills += 1
+        err = proc.communicate()[1]
+        assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]  # a resume never fails on a torn file
+        if proc.returncode == 0:
+            break
+    else:
+        train(*args, "--run_name=killed", "--resume")
+    assert kills >= 2
+    drop = ("epoch_seconds", "images_per_sec")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "whole")] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(run)]
