@@ -234,6 +234,16 @@ def default_phases(model: nn.Module) -> list[Phase]:
     return [Phase(None, lambda: [p for p in model.parameters() if p.requires_grad])]
 
 
+def place_model(model: nn.Module, cfg: dict, normalization: tuple[list[float], list[float]]
+                ) -> tuple[torch.device, torch.dtype | None, Batches]:
+    """Move the model to cfg's device and memory format; return (device, autocast dtype or None, batch mover)."""
+    device = resolve_device(cfg["device"])
+    model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    return device, resolve_amp(cfg["amp"], device), Batches(*normalization, device, cfg["channels_last"])
+
+
 def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
         normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
         phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -242,12 +252,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
     optimiser and schedule. `train_mode()` runs after `model.train()` at the start of every training epoch."""
-    device = resolve_device(cfg["device"])
-    amp = resolve_amp(cfg["amp"], device)
-    model.to(device)
-    if cfg["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    batches = Batches(*normalization, device, cfg["channels_last"])
+    device, amp, batches = place_model(model, cfg, normalization)
     # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
     net = torch.compile(model) if cfg["compile"] else model
     channels, size = data.train.pixels.shape[1], data.train.pixels.shape[-1]

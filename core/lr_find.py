@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from core.config import Option
 from core.data import Data, make_loader, train_transform
-from core.engine import Batches, Phase, build_optimizer, default_phases
-from core.runtime import autocast, resolve_amp, resolve_device
+from core.engine import Phase, build_optimizer, default_phases, place_model
+from core.runtime import autocast
 
 LR_FIND_OPTIONS = {
     "lr_find": Option(False, "run an LR range test instead of training: writes lr_find.png (loss against learning "
@@ -67,12 +67,7 @@ def lr_range_test(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: C
                   phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None) -> dict:
     """Uses the first phase's parameters, the config's optimiser, loss, AMP and augmentation. `log` and `resume` are
     accepted for fit's signature: there are no epochs to log or resume."""
-    device = resolve_device(cfg["device"])
-    amp = resolve_amp(cfg["amp"], device)
-    model.to(device)
-    if cfg["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    batches = Batches(*normalization, device, cfg["channels_last"])
+    device, amp, batches = place_model(model, cfg, normalization)
     size, channels = data.train.pixels.shape[-1], data.train.pixels.shape[1]
     train_set = data.train.with_transform(
         train_transform(cfg["augmentations"], size, channels) if cfg["augmentation"] else None)

@@ -41,6 +41,7 @@ from core.data import Data, ImageSet, load_data, make_loader
 from core.engine import Batches, evaluate
 from core.errors import ArgumentParser, UserError
 from core.runtime import resolve_amp, resolve_device
+from core.tracking import describe_wandb_run
 
 Normalization = tuple[Sequence[float], Sequence[float]]  # per-channel mean and std, in [0, 1] units
 
@@ -769,14 +770,6 @@ def log_report(run: Any, report: Report) -> None:
     run.summary.update({f"report/{k}": v for k, v in report.metrics.items()})
 
 
-def _wandb_line(run: Any) -> str:
-    if run.settings.mode == "disabled":
-        return "W&B is disabled (WANDB_MODE=disabled): nothing logged"
-    if run.settings.mode == "offline":
-        return f"logged to offline W&B run {run.id}: upload with `wandb sync {run.settings.sync_dir}`"
-    return f"logged to W&B: {run.url}"
-
-
 # ---------------------------------------------------------------------------------------------------- entry points
 def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Normalization, cfg: dict,
                  log_to_wandb: bool = False, wandb_run: Any = None, summary: dict | None = None) -> Path:
@@ -793,7 +786,7 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     if run is not None:
         log_report(run, report)
     if own:
-        print(_wandb_line(run), file=sys.stderr)
+        print(describe_wandb_run(run), file=sys.stderr)
         run.finish()
     return page
 

@@ -30,6 +30,7 @@ import yaml
 
 from core.errors import ArgumentParser, UserError
 from core.sweep import swept_names
+from core.tracking import describe_wandb_run
 
 FIXED_COLUMNS = ("trial", "run_id", "state", "epochs_run", "params", "flops", "test_acc", "seconds")
 LOG_DISTRIBUTIONS = {"log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values",
@@ -704,14 +705,6 @@ def report(source: str, out_dir: str | Path | None = None, log_wandb: bool = Fal
     return result
 
 
-def _wandb_line(run: Any) -> str:
-    if run.settings.mode == "disabled":
-        return "W&B is disabled (WANDB_MODE=disabled): nothing logged"
-    if run.settings.mode == "offline":
-        return f"logged to offline W&B run {run.id}: upload with `wandb sync {run.settings.sync_dir}`"
-    return f"logged to W&B: {run.url}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m core.sweep_report", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -726,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {line}")
     print(f"report: {result.out_dir}/ ({', '.join(p.name for p in result.files.values())})")
     if result.wandb_run is not None:
-        print(_wandb_line(result.wandb_run))
+        print(describe_wandb_run(result.wandb_run))
     if not sweep.scored:
         trials = _count(len(sweep.trials), "trial")
         written = ", ".join(p.name for p in result.files.values())

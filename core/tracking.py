@@ -50,6 +50,15 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def describe_wandb_run(run: Any) -> str:
+    """One line saying where a W&B run's records went."""
+    if run.settings.mode == "disabled":
+        return "W&B is disabled (WANDB_MODE=disabled): nothing logged"
+    if run.settings.mode == "offline":
+        return f"logged to offline W&B run {run.id}: upload with `wandb sync {run.settings.sync_dir}`"
+    return f"logged to W&B: {run.url}"
+
+
 class Tracker:
     """Logs per-epoch metrics to `metrics.jsonl` and W&B, and the run summary to `summary.json` and W&B."""
 
