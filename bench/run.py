@@ -1,7 +1,7 @@
 """Side-by-side benchmarks on one machine, one model and one data subset; prints a table and a final JSON line.
 
-    python bench/run.py            # ~15 min on 2 CPU cores
-    python bench/run.py --quick    # ~3 min: fewer images and epochs, same measurements
+    python bench/run.py            # about 5 minutes on 2 CPU cores
+    python bench/run.py --quick    # fewer images and epochs, the same measurements
 
 - epoch_speedup_vs_naive: one training epoch (data + compute) of bench/naive.py (PIL decode every epoch, fp32, NCHW,
   default allocator) over ours (decoded-image cache, channels_last, bf16 autocast where native, tuned allocator),
