@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +26,20 @@ def imagenette() -> Path:
     if not (IMAGENETTE / "train").is_dir():
         pytest.skip(f"imagenette not found at {IMAGENETTE}")
     return IMAGENETTE
+
+
+def run_script(script: str, *args: str, env: dict | None = None, check: bool = True, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """Run a repository script (e.g. part_a/train.py) from the repository root; fail with its output if check."""
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def python() -> str:

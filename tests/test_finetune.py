@@ -1,15 +1,13 @@
 """part_b/finetune.py end to end, as a user runs it (subprocesses from the repo root)."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, write_class_folders
+from conftest import ROOT, read_metrics, run_script, write_class_folders
 from core.config import parse_args
 from core.engine import METRIC
 from core.lr_find import suggest
@@ -20,15 +18,7 @@ TINY = ["--model=efficientnet_lite0", "--input_size=32", "--batch_size=12"]
 
 
 def finetune(*args, env=None, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "part_b/finetune.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return run_script("part_b/finetune.py", *args, env=env, check=check, timeout=timeout)
 
 
 def test_dry_run_prints_exact_counts_without_reading_images(tmp_path):
@@ -71,7 +61,7 @@ def test_fine_tune_schedule_trains_the_head_first_and_resumes_across_the_phase_c
     # phase 1 trained the head alone: every backbone weight and BatchNorm statistic is still the pretrained one
     assert all(torch.equal(after_head_phase[k], pretrained[k]) for k in backbone)
     finetune("--resume", "--run_name=split", f"--out_dir={tmp_path}", "--epochs=2")
-    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
+    whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
     timing = ("epoch_seconds", "images_per_sec")
     assert [{k: v for k, v in r.items() if k not in timing} for r in whole] == \
            [{k: v for k, v in r.items() if k not in timing} for r in split]

@@ -11,22 +11,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, write_class_folders
+from conftest import ROOT, read_metrics, run_script, write_class_folders
 from wandb_records import history_and_summary
 
 FAST = ["--input_size=32", "--base_filters=8", "--dense_neurons=32", "--batch_size=64"]
 
 
 def train(*args, env=None, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "part_a/train.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return run_script("part_a/train.py", *args, env=env, check=check, timeout=timeout)
 
 
 def test_digits_run_writes_every_artifact(tmp_path):
