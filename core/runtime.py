@@ -6,7 +6,9 @@ import os
 import random
 import signal
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -112,12 +114,38 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+class _Deferral:
+    depth = 0  # nesting of signals_deferred() blocks
+    pending: int | None = None  # a signal that arrived inside one
+
+
+def _stop(signum: int) -> NoReturn:
+    # Ignore repeats while the run is shutting down, so the clean-up itself is not interrupted.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM/SIGINT arriving inside this block raise Interrupted when it ends. For writes that must not be cut:
+    Interrupted raised inside torch.save's zip writer becomes a RuntimeError, and the clean shutdown is lost."""
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+        if _Deferral.depth == 0 and _Deferral.pending is not None:
+            signum, _Deferral.pending = _Deferral.pending, None
+            _stop(signum)
+
+
 def install_signal_handlers() -> None:
     def handler(signum, frame):
-        # Ignore repeats while the run is shutting down, so the clean-up itself is not interrupted.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise Interrupted(signum)
+        if _Deferral.depth:
+            _Deferral.pending = signum
+            return
+        _stop(signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

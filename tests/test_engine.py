@@ -103,3 +103,31 @@ def test_min_delta():
     progress.update({"epoch": 1, "val_acc": 0.5}, "val_acc", 0.01)
     assert not progress.update({"epoch": 2, "val_acc": 0.505}, "val_acc", 0.01)
     assert progress.update({"epoch": 3, "val_acc": 0.52}, "val_acc", 0.01)
+
+
+def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import core.checkpoint
+    from core.checkpoint import load_checkpoint, save_atomic
+    from core.runtime import Interrupted, install_signal_handlers
+
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    real_save = core.checkpoint.torch.save
+
+    def save_then_get_terminated(obj, f):  # SIGTERM lands in the middle of torch.save
+        real_save(obj, f)
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b"")  # Python code after the signal: where the handler would run if not deferred
+
+    try:
+        install_signal_handlers()
+        monkeypatch.setattr(core.checkpoint.torch, "save", save_then_get_terminated)
+        with pytest.raises(Interrupted):
+            save_atomic({"x": torch.arange(3)}, tmp_path / "last.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["x"], torch.arange(3))  # written whole, then stopped
+    assert not list(tmp_path.glob(".last.pt.*"))
