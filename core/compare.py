@@ -21,7 +21,7 @@ import yaml
 
 from core.config import run_cli
 from core.errors import ArgumentParser, UserError
-from core.tracking import MODES, resolve_mode
+from core.tracking import MODES, read_history, resolve_mode
 
 STRATEGY_KEY = ("model", "weights", "strategy", "k", "schedule")
 METRICS = ("val_acc", "test_acc", "trainable_params", "total_params", "train_seconds", "images_per_sec", "epochs_run")
@@ -47,10 +47,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def _mean_images_per_sec(run: Path) -> float | None:
     """For runs whose summary predates the summary's images_per_sec: the mean over metrics.jsonl's epochs."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    values = [json.loads(line).get("images_per_sec") for line in path.read_text().splitlines() if line.strip()]
+    values = [row.get("images_per_sec") for row in read_history(run)]
     values = [v for v in values if v]
     return sum(values) / len(values) if values else None
 

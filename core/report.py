@@ -38,10 +38,10 @@ from torch import nn
 
 from core.checkpoint import load_checkpoint
 from core.data import Data, ImageSet, load_data, make_loader
-from core.engine import Batches, evaluate
+from core.engine import Batches, evaluate, place_model
 from core.errors import ArgumentParser, UserError
-from core.runtime import resolve_amp, resolve_device
-from core.tracking import describe_wandb_run
+from core.runtime import resolve_device
+from core.tracking import describe_wandb_run, read_history, read_summary
 
 Normalization = tuple[Sequence[float], Sequence[float]]  # per-channel mean and std, in [0, 1] units
 
@@ -128,16 +128,6 @@ def load_run_data(run_dir: Path, cfg: dict, classes: list[str]) -> Data:
     if split.is_file() and [n for n, _ in json.loads(split.read_text())["test"]] != data.test.names:
         raise UserError(f"the test split of {cfg['data']} differs from {split}: the data changed since the run")
     return data
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def read_summary(run_dir: Path) -> dict:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # ---------------------------------------------------------------------------------------------------- predictions
@@ -539,16 +529,12 @@ def write_panels(out_dir: Path, model: nn.Module, data: Data, normalization: Nor
     report's test accuracy is the summary's (a --channels_last run's model is converted, as fit converts it);
     gradients are computed in float32."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    channels_last = cfg.get("channels_last", False)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    batches = Batches(list(normalization[0]), list(normalization[1]), device, channels_last)
+    device, amp, batches = place_model(model, {**cfg, "device": str(next(model.parameters()).device)},
+                                       (list(normalization[0]), list(normalization[1])))
     was_training = model.training
     model.eval()
     try:
-        results = predict(model, data.test, batches, resolve_amp(cfg.get("amp", "off"), device),
-                          2 * cfg.get("batch_size", 32))
+        results = predict(model, data.test, batches, amp, 2 * cfg["batch_size"])
         report = Report(out_dir, data.classes, results)
         _prediction_panels(report)
         _metric_panels(report)

@@ -35,6 +35,7 @@ import numpy
 import yaml
 
 from core.errors import ArgumentParser, UserError
+from core.tracking import read_history, read_summary
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 TERMINAL = ("finished", "stopped", "failed", "crashed")
@@ -158,24 +159,10 @@ class SweepFolder:
             fcntl.lockf(lock, fcntl.LOCK_UN)
 
     def history(self, run_id: str) -> list[dict]:
-        path = self.runs / run_id / "metrics.jsonl"
-        try:
-            lines = path.read_text().splitlines()
-        except OSError:
-            return []
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                break
-        return rows
+        return read_history(self.runs / run_id)
 
     def summary(self, run_id: str) -> dict:
-        try:
-            return json.loads((self.runs / run_id / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
+        return read_summary(self.runs / run_id)
 
 
 def _process_start(pid: int) -> str | None:

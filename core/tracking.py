@@ -50,6 +50,30 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_history(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl rows ([] before the first epoch). Stops at a line still being written (a live run
+    read by a sweep worker, or a run killed mid-write)."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def read_summary(run_dir: Path) -> dict:
+    """A run's summary.json ({} while it has none, or while it is being replaced)."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def describe_wandb_run(run: Any) -> str:
     """One line saying where a W&B run's records went."""
     if run.settings.mode == "disabled":
@@ -65,8 +89,7 @@ class Tracker:
     def __init__(self, run_dir: Path, cfg: dict, run_name: str, resume: bool):
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
-            if resume and self.metrics_path.exists() else []
+        self.history = read_history(run_dir) if resume else []
         self.mode = resolve_mode(cfg["wandb_mode"])
         self.run = None
         if self.mode == "disabled":
