@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from core.data import DATA_OPTIONS, load_data, make_loader
-from core.runtime import autocast, resolve_amp, tune_allocator
+from sweepcnn.data.datasets import DATA_OPTIONS, load_data, make_loader
+from sweepcnn.runtime import autocast, resolve_amp, tune_allocator
 from part_a.counting import count_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def hyperband(out: Path, epochs: int, learning_rates: list[float]) -> dict:
         path = out / f"hyperband_{name}.yaml"
         path.write_text(yaml.safe_dump(sweep))
         count = 2 * len(learning_rates)
-        sh([sys.executable, "-m", "core.sweep", str(path), "--count", str(count), "--sweep_dir",
+        sh([sys.executable, "-m", "sweepcnn.sweep", str(path), "--count", str(count), "--sweep_dir",
             str(out / f"sweep_{name}"), "--poll", "0.5"], env={"WANDB_MODE": "disabled", "TQDM_DISABLE": "1"})
         with open(out / f"sweep_{name}" / "trials.csv") as f:
             trials = list(csv.DictReader(f))

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.config import parse_args, run_cli
-from core.errors import UserError
+from sweepcnn.config import parse_args, run_cli
+from sweepcnn.errors import UserError
 from part_a.model import MODEL_OPTIONS, resolve_cnn_config
 
 

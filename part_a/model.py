@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.config import Option, parse_value
-from core.errors import UserError
+from sweepcnn.config import Option, parse_value
+from sweepcnn.errors import UserError
 
 NUM_BLOCKS = 5
 MIN_INPUT_SIZE = 2 ** NUM_BLOCKS  # five MaxPool2d(2) with floor division: the last feature map is floor(S / 32)

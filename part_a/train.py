@@ -6,12 +6,12 @@
     python part_a/train.py --config best.yaml --test         # a YAML config, flags override it
     python part_a/train.py --help                            # every flag
 """
-from core.config import run_cli
-from core.data import DATA_OPTIONS, Data
-from core.engine import ENGINE_OPTIONS
-from core.errors import UserError
-from core.runner import RUN_OPTIONS, ModelSpec, run_training
-from core.tracking import TRACKING_OPTIONS
+from sweepcnn.config import run_cli
+from sweepcnn.data.datasets import DATA_OPTIONS, Data
+from sweepcnn.train.engine import ENGINE_OPTIONS
+from sweepcnn.errors import UserError
+from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
+from sweepcnn.tracking import TRACKING_OPTIONS
 from part_a.counting import count_cnn
 from part_a.model import MODEL_OPTIONS, build_cnn, resolve_cnn_config
 

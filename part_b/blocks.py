@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from core.errors import UserError
+from sweepcnn.errors import UserError
 
 STRATEGIES = ("first_k", "all_except_k", "all_except_last", "none")
 
@@ -285,7 +285,7 @@ def is_frozen_batchnorm(module: nn.Module) -> bool:
 
 
 def frozen_batchnorm_eval(model: nn.Module) -> Callable[[], None]:
-    """For core.engine.fit's train_mode: after model.train(), BatchNorm layers with frozen parameters go back to
+    """For sweepcnn.train.engine.fit's train_mode: after model.train(), BatchNorm layers with frozen parameters go back to
     eval mode, so their running statistics stay as loaded. Decided at each call, so it follows phase changes."""
     def set_modes() -> None:
         for module in model.modules():

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from core.config import Option, parse_args, run_cli
-from core.data import DATA_OPTIONS, Data, count_classes
-from core.engine import ENGINE_OPTIONS, Phase, fit
-from core.errors import UserError
-from core.lr_find import LR_FIND_OPTIONS, lr_range_test
-from core.runner import RUN_OPTIONS, ModelSpec, run_training
-from core.tracking import TRACKING_OPTIONS
+from sweepcnn.config import Option, parse_args, run_cli
+from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
+from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
+from sweepcnn.errors import UserError
+from sweepcnn.train.lr_find import LR_FIND_OPTIONS, lr_range_test
+from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
+from sweepcnn.tracking import TRACKING_OPTIONS
 from part_b.blocks import (STRATEGIES, block_parameters, check_k, check_layout, freeze, frozen_batchnorm_eval,
                            frozen_count, param_groups)
 from part_b.models import Backbone, gray_normalization, load_backbone, replace_head
@@ -81,7 +81,7 @@ def describe(backbone: Backbone, cfg: dict, input_size: int) -> dict:
 
 
 class FineTune:
-    """prepare/build for core.runner.run_training. The backbone (weights included) is loaded in prepare, before any
+    """prepare/build for sweepcnn.train.runner.run_training. The backbone (weights included) is loaded in prepare, before any
     image is decoded, so a missing weights file stops the run at once; build adds the head for the data's classes."""
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
-from core.errors import UserError
+from sweepcnn.errors import UserError
 from part_b.blocks import Layout, layout_for
 
 LITE0 = "efficientnet_lite0"

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from core.checkpoint import load_checkpoint
-from core.config import run_cli
-from core.errors import ArgumentParser, UserError
-from core.images import BadImageError, is_image_file, load_image
-from core.runtime import resolve_device
+from sweepcnn.train.checkpoint import load_checkpoint
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.data.images import BadImageError, is_image_file, load_image
+from sweepcnn.runtime import resolve_device
 from part_b.models import load_backbone, replace_head, resolve_preset
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from core.config import Option, load_yaml_config, parse_args, parse_value
-from core.errors import UserError
+from sweepcnn.config import Option, load_yaml_config, parse_args, parse_value
+from sweepcnn.errors import UserError
 
 OPTIONS = {
     "epochs": Option(10, "epochs", "int", min=0),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.errors import UserError
+from sweepcnn.errors import UserError
 from part_a.counting import count_cnn
 from part_a.counting import main as counting_main
 from part_a.model import ACTIVATIONS, build_cnn

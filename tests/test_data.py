@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import write_class_folders
-from core.config import parse_args
-from core.data import DATA_OPTIONS, channel_stats, class_weights, load_data, train_transform
-from core.errors import UserError
+from sweepcnn.config import parse_args
+from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, class_weights, load_data, train_transform
+from sweepcnn.errors import UserError
 
 DEFAULTS, _ = parse_args([], DATA_OPTIONS)
 

@@ -1,4 +1,4 @@
-"""core.download against a loopback HTTP server serving a tiny nature_12K.zip look-alike."""
+"""sweepcnn.data.download against a loopback HTTP server serving a tiny nature_12K.zip look-alike."""
 import hashlib
 import io
 import re
@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from core import download as dl
-from core.errors import UserError
+from sweepcnn.data import download as dl
+from sweepcnn.errors import UserError
 
 CLASSES = ["Amphibia", "Aves", "Fungi"]
 

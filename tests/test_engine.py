@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import parse_args
-from core.engine import ENGINE_OPTIONS, OPTIMIZERS, SCHEDULERS, Progress, build_optimizer, build_scheduler
+from sweepcnn.config import parse_args
+from sweepcnn.train.engine import ENGINE_OPTIONS, OPTIMIZERS, SCHEDULERS, Progress, build_optimizer, build_scheduler
 
 DEFAULTS, _ = parse_args([], ENGINE_OPTIONS)
 
@@ -81,7 +81,7 @@ def test_onecycle_cycles_momentum_for_adam():
 
 
 def test_nesterov_needs_momentum():
-    from core.errors import UserError
+    from sweepcnn.errors import UserError
 
     with pytest.raises(UserError, match="--nesterov"):
         build_optimizer(nn.Linear(2, 2).parameters(), _cfg(optimizer="sgd", nesterov=True, momentum=0.0))
@@ -109,12 +109,12 @@ def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(tmp_pa
     import os
     import signal
 
-    import core.checkpoint
-    from core.checkpoint import load_checkpoint, save_atomic
-    from core.runtime import Interrupted, install_signal_handlers
+    import sweepcnn.train.checkpoint
+    from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
+    from sweepcnn.runtime import Interrupted, install_signal_handlers
 
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    real_save = core.checkpoint.torch.save
+    real_save = sweepcnn.train.checkpoint.torch.save
 
     def save_then_get_terminated(obj, f):  # SIGTERM lands in the middle of torch.save
         real_save(obj, f)
@@ -123,7 +123,7 @@ def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(tmp_pa
 
     try:
         install_signal_handlers()
-        monkeypatch.setattr(core.checkpoint.torch, "save", save_then_get_terminated)
+        monkeypatch.setattr(sweepcnn.train.checkpoint.torch, "save", save_then_get_terminated)
         with pytest.raises(Interrupted):
             save_atomic({"x": torch.arange(3)}, tmp_path / "last.pt")
     finally:

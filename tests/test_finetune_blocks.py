@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import parse_args
-from core.engine import Batches, build_optimizer, build_scheduler, train_one_epoch
-from core.errors import UserError
+from sweepcnn.config import parse_args
+from sweepcnn.train.engine import Batches, build_optimizer, build_scheduler, train_one_epoch
+from sweepcnn.errors import UserError
 from part_b.blocks import FAMILIES, STRATEGIES, check_k, layout_for
 from part_b.finetune import OPTIONS, FineTune, describe
 from part_b.models import load_backbone, model_names, resolve_preset

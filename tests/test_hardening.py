@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_class_folders
-from core.config import Option, parse_args
-from core.errors import UserError
+from sweepcnn.config import Option, parse_args
+from sweepcnn.errors import UserError
 from test_images import photo, write_png
 
 TINY = ["--epochs=1", "--input_size=32", "--base_filters=4", "--dense_neurons=8", "--batch_size=8"]
@@ -90,7 +90,7 @@ def test_symlinked_sub_folders_are_followed(tmp_path):
     write_class_folders(tmp_path / "photos", per_class=5)
     write_class_folders(tmp_path / "more", classes=("cat",), per_class=4)
     (tmp_path / "photos" / "cat" / "more").symlink_to(tmp_path / "more" / "cat", target_is_directory=True)
-    from core.data import _class_files
+    from sweepcnn.data.datasets import _class_files
 
     files = _class_files(tmp_path / "photos", None)
     assert len(files["cat"]) == 9 and len(files["dog"]) == 5

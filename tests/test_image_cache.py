@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core import image_cache
-from core.image_cache import build_image_cache
-from core.images import load_image
-from core.paths import default_cache_dir
+from sweepcnn.data import cache as image_cache
+from sweepcnn.data.cache import build_image_cache
+from sweepcnn.data.images import load_image
+from sweepcnn.paths import default_cache_dir
 
 
 def make_files(folder: Path, n: int = 10) -> list[Path]:

@@ -10,7 +10,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from core.images import BadImageError, is_image_file, load_image
+from sweepcnn.data.images import BadImageError, is_image_file, load_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

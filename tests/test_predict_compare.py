@@ -1,4 +1,4 @@
-"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and core.compare on real Part B runs."""
+"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and sweepcnn.report.compare on real Part B runs."""
 import csv
 import io
 import json
@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import ROOT, write_class_folders
-from core.compare import compare
+from sweepcnn.report.compare import compare
 from part_b.predict import Predictor, image_files
 from part_b.predict import predict as predict_rows
 from wandb_records import history_and_summary
@@ -136,7 +136,7 @@ def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path)
 
 
 def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "core.compare", str(runs["runs"]), "--out", str(tmp_path / "cmp"),
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.report.compare", str(runs["runs"]), "--out", str(tmp_path / "cmp"),
                            "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## Strategies" in proc.stdout and "efficientnet_lite0" in proc.stdout

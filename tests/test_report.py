@@ -1,4 +1,4 @@
-"""core.report and core.wandb_report on tiny models and data: figures, interpretability maps, report.html (also in
+"""sweepcnn.report.run_report and sweepcnn.sweep.wandb_report on tiny models and data: figures, interpretability maps, report.html (also in
 headless Chromium), the CLI on a trained run with an offline W&B run, and the W&B report's offline specification."""
 import base64
 import copy
@@ -22,10 +22,10 @@ from torchvision.models import ResNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock
 
 from conftest import ROOT, write_class_folders
-from core import report as rp
-from core.config import parse_args
-from core.data import ImageSet, load_data
-from core.errors import UserError
+from sweepcnn.report import run_report as rp
+from sweepcnn.config import parse_args
+from sweepcnn.data.datasets import ImageSet, load_data
+from sweepcnn.errors import UserError
 from part_a.model import build_cnn
 from part_a.train import OPTIONS
 from wandb_records import history_and_summary, records
@@ -93,8 +93,8 @@ HISTORY = [{"epoch": e, "train_loss": 2.3 - 0.3 * e, "val_loss": 2.2 - 0.2 * e, 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A run folder (config, metrics, summary) with the report of a tiny CNN on digits (10 classes) and Part B's
-    comparison written into it by core.compare."""
-    from core.compare import compare
+    comparison written into it by sweepcnn.report.compare."""
+    from sweepcnn.report.compare import compare
 
     run = tmp_path_factory.mktemp("runs") / "digits-run"
     run.mkdir()
@@ -184,7 +184,7 @@ def test_report_html_is_self_contained_and_references_only_existing_files(digits
     refs.feed(text)
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert set(refs.ids) == {p.removesuffix(".png") for p in EXPECTED_SIZES}  # one section per panel
-    assert len(refs.images) == len(EXPECTED_SIZES) + 1  # and the comparison plot of core.compare
+    assert len(refs.images) == len(EXPECTED_SIZES) + 1  # and the comparison plot of sweepcnn.report.compare
     for src in refs.images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -388,7 +388,7 @@ def test_vit_tokens_map_onto_the_patch_grid():
 
 # ---------------------------------------------------------------------------------------------------- run folders
 def test_load_run_model_rebuilds_a_part_b_run(tmp_path):
-    from core.checkpoint import save_atomic
+    from sweepcnn.train.checkpoint import save_atomic
     from part_b.finetune import OPTIONS as FINETUNE_OPTIONS
     from part_b.models import load_backbone, replace_head
 
@@ -408,9 +408,9 @@ def test_load_run_model_rebuilds_a_part_b_run(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
-    from core.config import run_cli
+    from sweepcnn.config import run_cli
 
-    monkeypatch.setattr(sys, "argv", ["core.report", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["sweepcnn.report.run_report", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:
         run_cli(rp.main)
     err = capsys.readouterr().err
@@ -442,7 +442,7 @@ def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wand
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "r"
     shutil.rmtree(run / "report", ignore_errors=True)  # built by training once it builds reports: rebuild here
-    proc = subprocess.run([sys.executable, "-m", "core.report", str(run), "--wandb"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.report", str(run), "--wandb"], cwd=ROOT, capture_output=True,
                           text=True, env={**env, "WANDB_MODE": "offline"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"report: {run / 'report' / 'report.html'}" in proc.stdout
@@ -479,7 +479,7 @@ def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wand
 
 # ---------------------------------------------------------------------------------------------------- W&B report
 def test_wandb_report_offline_writes_its_specification(tmp_path, monkeypatch, capsys):
-    from core import wandb_report
+    from sweepcnn.sweep import wandb_report
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "spec.json"
@@ -511,7 +511,7 @@ def test_wandb_report_converts_to_the_servers_format(monkeypatch):
     """What report.save() sends, with the one server call it needs (the project's id) answered here."""
     import wandb_workspaces.reports.v2.interface as interface
 
-    from core import wandb_report
+    from sweepcnn.sweep import wandb_report
 
     monkeypatch.setattr(interface, "_get_api", lambda: None)
     monkeypatch.setattr(interface, "execute_graphql", lambda api, query, variables: {"project": {"internalId": "P1"}})

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_class_folders
-from core.config import parse_args
-from core.engine import METRIC
-from core.sweep import agent_command, load_sweep, search_engine, swept_names
+from sweepcnn.config import parse_args
+from sweepcnn.train.engine import METRIC
+from sweepcnn.sweep.runner import agent_command, load_sweep, search_engine, swept_names
 from part_a.counting import count_cnn
 from part_a.model import MODEL_OPTIONS
 from part_a.train import OPTIONS
@@ -104,7 +104,7 @@ def tiny_sweep(tmp_path: Path, parameters: dict, method: str = "random", early_t
 
 
 def sweep_cmd(path: Path, sweep_dir: Path, count: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "core.sweep", str(path), "--count", str(count), "--sweep_dir", str(sweep_dir),
+    return [sys.executable, "-m", "sweepcnn.sweep", str(path), "--count", str(count), "--sweep_dir", str(sweep_dir),
             "--poll", "0.2", *extra]
 
 
@@ -202,7 +202,7 @@ def test_a_killed_worker_loses_nothing(tmp_path):
 def test_lost_trials_are_told_from_live_ones():
     import socket
 
-    from core.sweep import STALE_SECONDS, _process_start, reap_lost_trials
+    from sweepcnn.sweep.runner import STALE_SECONDS, _process_start, reap_lost_trials
 
     now = time.time()
     me = {"host": socket.gethostname(), "worker_pid": os.getpid(), "worker_start": _process_start(os.getpid()),

@@ -54,8 +54,8 @@ def test_test_metrics_come_from_the_best_checkpoint(tmp_path):
           f"--out_dir={tmp_path}", "--run_name=r", "--amp=off", *FAST)
     run = tmp_path / "r"
     summary = json.loads((run / "summary.json").read_text())
-    from core.config import parse_args
-    from core.data import load_data
+    from sweepcnn.config import parse_args
+    from sweepcnn.data.datasets import load_data
     from part_a.model import MODEL_OPTIONS, build_cnn
     from part_a.train import OPTIONS
 
@@ -156,7 +156,7 @@ def test_sigterm_saves_and_finishes_the_offline_wandb_run(tmp_path):
 
 def test_wandb_summary_holds_the_best_epoch(tmp_path, monkeypatch):
     # W&B's summary defaults to the last logged value of each key; a run's summary must be its best epoch's.
-    from core.tracking import Tracker
+    from sweepcnn.tracking import Tracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = {"wandb_mode": None, "wandb_project": None, "wandb_entity": None}

@@ -2,7 +2,7 @@
 hyperband early termination on the trials' per-epoch metric, trials launched with the YAML's command exactly as
 `wandb agent` builds it, in offline W&B mode.
 
-    python -m core.sweep sweeps/cnn.yaml --count 20 [--workers 2] [--sweep_dir DIR] [--set data=digits ...]
+    python -m sweepcnn.sweep sweeps/cnn.yaml --count 20 [--workers 2] [--sweep_dir DIR] [--set data=digits ...]
 
 Several workers (processes here, or machines sharing the sweep folder) coordinate through a lock on the folder's
 `state.json`: each trial is claimed once, a trial whose worker died is marked crashed, and running the same command
@@ -34,8 +34,9 @@ from typing import Any, Iterator
 import numpy
 import yaml
 
-from core.errors import ArgumentParser, UserError
-from core.tracking import read_history, read_summary
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.tracking import read_history, read_summary
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 TERMINAL = ("finished", "stopped", "failed", "crashed")
@@ -398,7 +399,7 @@ def default_sweep_dir(path: Path, sweep: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m core.sweep", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m sweepcnn.sweep", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_yaml", help="a W&B sweep file, e.g. sweeps/cnn.yaml")
     parser.add_argument("--count", type=int, required=True, help="trials in the whole sweep (all workers together)")
@@ -457,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from core.config import run_cli
-
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

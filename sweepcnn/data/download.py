@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.errors import UserError
-from core.paths import default_cache_dir
+from sweepcnn.errors import UserError
+from sweepcnn.paths import default_cache_dir
 
 try:
     import fcntl

@@ -2,10 +2,10 @@
 parameter-importance panel computes them), a parallel-coordinates plot, the metric per trial, the accuracy/FLOPs
 Pareto front, and written observations derived from those numbers.
 
-    python -m core.sweep_report SWEEP_DIR [--out DIR] [--wandb]
-    python -m core.sweep_report ENTITY/PROJECT/SWEEP_ID [--out DIR] [--wandb]
+    python -m sweepcnn.sweep.report SWEEP_DIR [--out DIR] [--wandb]
+    python -m sweepcnn.sweep.report ENTITY/PROJECT/SWEEP_ID [--out DIR] [--wandb]
 
-SWEEP_DIR is a folder written by `python -m core.sweep` (trials.csv, sweep.yaml, runs/<run_id>/); the report goes
+SWEEP_DIR is a folder written by `python -m sweepcnn.sweep` (trials.csv, sweep.yaml, runs/<run_id>/); the report goes
 to SWEEP_DIR/report/ unless --out says otherwise. A W&B sweep path is read online with `wandb.Api()` (it needs an API
 key; its report goes to runs/sweeps/wandb-<SWEEP_ID>/report/). --wandb also logs the figures and tables to a W&B
 run (mode: $WANDB_MODE, else online with an API key, else offline); from Python, `log_to_wandb` logs into the active
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from core.errors import ArgumentParser, UserError
-from core.sweep import swept_names
-from core.tracking import describe_wandb_run
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.sweep.runner import swept_names
+from sweepcnn.tracking import describe_wandb_run
 
 FIXED_COLUMNS = ("trial", "run_id", "state", "epochs_run", "params", "flops", "test_acc", "seconds")
 LOG_DISTRIBUTIONS = {"log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values",
@@ -100,7 +101,7 @@ def _number(value: Any) -> float | None:
 
 
 def load_sweep_folder(root: str | Path) -> Sweep:
-    """Read a `python -m core.sweep` folder: its trials.csv, with the metric's name and goal from its sweep.yaml."""
+    """Read a `python -m sweepcnn.sweep` folder: its trials.csv, with the metric's name and goal from its sweep.yaml."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"sweep folder not found: {root}")
@@ -111,7 +112,7 @@ def load_sweep_folder(root: str | Path) -> Sweep:
             reader = csv.DictReader(f)
             header, rows = reader.fieldnames or [], list(reader)
     except FileNotFoundError:
-        raise UserError(f"{root} has no trials.csv: is it a sweep folder of `python -m core.sweep`?") from None
+        raise UserError(f"{root} has no trials.csv: is it a sweep folder of `python -m sweepcnn.sweep`?") from None
     missing = [c for c in ("trial", "run_id", "state", metric) if c not in header]
     if missing:
         raise UserError(f"{root / 'trials.csv'}: column(s) {', '.join(missing)} missing (the sweep's metric is "
@@ -660,7 +661,7 @@ def log_to_wandb(report: Report, mode: str | None = None, wandb_dir: str | Path 
     from `mode`, else $WANDB_MODE, else online with an API key, else offline), which is then finished."""
     import wandb
 
-    from core.tracking import resolve_mode
+    from sweepcnn.tracking import resolve_mode
 
     run, own = wandb.run, wandb.run is None
     if own:
@@ -685,7 +686,7 @@ def load(source: str) -> tuple[Sweep, Path]:
     """A sweep folder or, when no such folder exists, a W&B sweep path; and the default report folder."""
     path = Path(source)
     if not path.exists() and WANDB_PATH.match(source):
-        from core.tracking import has_api_key
+        from sweepcnn.tracking import has_api_key
 
         if not has_api_key():
             raise UserError(f"{source}: no such sweep folder, and reading it as the W&B sweep ENTITY/PROJECT/SWEEP_ID "
@@ -706,9 +707,9 @@ def report(source: str, out_dir: str | Path | None = None, log_wandb: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m core.sweep_report", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m sweepcnn.sweep.report", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="a sweep folder of `python -m core.sweep`, or a W&B sweep ENTITY/PROJECT/ID")
+    parser.add_argument("sweep", help="a sweep folder of `python -m sweepcnn.sweep`, or a W&B sweep ENTITY/PROJECT/ID")
     parser.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
     parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to a W&B run")
     args = parser.parse_args(argv)
@@ -727,7 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from core.config import run_cli
-
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from core.config import Option
-from core.errors import UserError
+from sweepcnn.config import Option
+from sweepcnn.errors import UserError
 
 MODES = ("online", "offline", "disabled")
 
@@ -81,6 +82,24 @@ def describe_wandb_run(run: Any) -> str:
     if run.settings.mode == "offline":
         return f"logged to offline W&B run {run.id}: upload with `wandb sync {run.settings.sync_dir}`"
     return f"logged to W&B: {run.url}"
+
+
+def active_wandb_run() -> Any:
+    """This process's W&B run, or None. An active run implies wandb was imported: nothing is imported otherwise."""
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else wandb.run
+
+
+def start_side_run(job_type: str, folder: Path, config: dict, *, mode: str | None = None, project: str | None = None,
+                   entity: str | None = None, name: str | None = None, group: str | None = None) -> Any:
+    """A W&B run for work done after training (a report, a comparison, a sweep report), its files in `folder`.
+    Mode from `mode`, else $WANDB_MODE, else online with an API key, else offline; project and entity from the
+    arguments, else $WANDB_PROJECT and $WANDB_ENTITY. The caller finishes it."""
+    import wandb
+
+    return wandb.init(project=project or os.environ.get("WANDB_PROJECT"),
+                      entity=entity or os.environ.get("WANDB_ENTITY"), name=name, group=group, job_type=job_type,
+                      dir=str(folder), mode=resolve_mode(mode), config=config)
 
 
 class Tracker:

@@ -2,7 +2,7 @@
 
 Every split is an `ImageSet` of uint8 images [C, S, S] read from one pixel array (a memmap of the decoded-image
 cache, or memory for `digits`). Augmentations run on those uint8 tensors; conversion to float and normalisation
-happen on the training device, batched (see `core.engine.to_device`).
+happen on the training device, batched (see `sweepcnn.train.engine.to_device`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from core.config import Option
-from core.errors import UserError
-from core.image_cache import build_image_cache
-from core.images import is_image_file
+from sweepcnn.config import Option
+from sweepcnn.errors import UserError
+from sweepcnn.data.cache import build_image_cache
+from sweepcnn.data.images import is_image_file
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "random_resized_crop", "color_jitter", "gaussian_blur", "sharpness",
                  "autoaugment", "randaugment", "trivialaugment")
@@ -116,7 +116,7 @@ def load_data(cfg: dict, input_size: int, channels: int, progress: bool = True) 
     if source == "digits":
         return _digits(input_size, channels, cfg["split_seed"])
     if source == "inaturalist":
-        from core.download import download_inaturalist
+        from sweepcnn.data.download import download_inaturalist
 
         root = download_inaturalist(Path(cfg["cache_dir"]) if cfg["cache_dir"] else None, progress=progress)
     else:

@@ -13,7 +13,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from core.errors import UserError
+from sweepcnn.errors import UserError
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # from glibc <malloc.h>
 

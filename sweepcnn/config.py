@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import UserError
+from sweepcnn.errors import UserError
 
 KINDS = ("int", "float", "str", "bool", "ints", "strs")
 _TRUE = {"true", "yes", "1", "on"}

@@ -1,14 +1,14 @@
 """A W&B Report for a project or one sweep, built with the `wandb-workspaces` package: sweep charts (the metric per
-run, parallel coordinates, parameter importance, per-epoch curves), then the panels that `python -m core.report`
+run, parallel coordinates, parameter importance, per-epoch curves), then the panels that `python -m sweepcnn.report`
 logs (prediction grid, confusion matrix, mistakes, filters, guided backpropagation, Grad-CAM and their tables), then
-Part B's comparison tables from `python -m core.compare`.
+Part B's comparison tables from `python -m sweepcnn.report.compare`.
 
-    python -m core.wandb_report --entity E --project P [--sweep ID | --group sweep-NAME] [--out FILE.json]
+    python -m sweepcnn.sweep.wandb_report --entity E --project P [--sweep ID | --group sweep-NAME] [--out FILE.json]
 
 Online (an API key, and $WANDB_MODE neither offline nor disabled) the report is saved in the project and its URL
 printed. Either way its specification (every block and panel with its settings, as wandb-workspaces holds them) is
 written to JSON (--out; default runs/wandb_report-<project>[-<sweep or group>].json); offline that file is all there
-is, and the command says so. Runs of `python -m core.sweep` reach W&B through `wandb sync` as ordinary runs grouped as
+is, and the command says so. Runs of `python -m sweepcnn.sweep` reach W&B through `wandb sync` as ordinary runs grouped as
 `sweep-<name>`: select them with --group.
 """
 from __future__ import annotations
@@ -21,18 +21,18 @@ from typing import Any
 
 import yaml
 
-from core.config import run_cli
-from core.errors import ArgumentParser, UserError
-from core.report import PANEL_KEYS, WANDB_TABLE_KEYS
-from core.tracking import resolve_mode
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.report.run_report import PANEL_KEYS, WANDB_TABLE_KEYS
+from sweepcnn.tracking import resolve_mode
 
-DEFAULT_SWEEP_YAML = Path(__file__).resolve().parents[1] / "sweeps" / "cnn.yaml"
-COMPARE_TABLES = ("strategy_comparison", "model_comparison")  # as core.compare logs them, with trainable_params
+DEFAULT_SWEEP_YAML = Path(__file__).resolve().parents[2] / "sweeps" / "cnn.yaml"
+COMPARE_TABLES = ("strategy_comparison", "model_comparison")  # as sweepcnn.report.compare logs them, with trainable_params
 
 
 def swept_parameters(sweep_yaml: Path) -> tuple[list[str], str]:
     """(the searched parameters, the metric) of a sweep YAML."""
-    from core.sweep import swept_names
+    from sweepcnn.sweep.runner import swept_names
 
     try:
         config = yaml.safe_load(Path(sweep_yaml).read_text())
@@ -46,7 +46,7 @@ def swept_parameters(sweep_yaml: Path) -> tuple[list[str], str]:
 
 def run_filter(sweep: str | None, group: str | None) -> str:
     if sweep and group:
-        raise UserError("give --sweep (a W&B sweep id) or --group (runs synced from `python -m core.sweep`), not both")
+        raise UserError("give --sweep (a W&B sweep id) or --group (runs synced from `python -m sweepcnn.sweep`), not both")
     if sweep:
         return f"Sweep = '{sweep}'"
     return f"Group = '{group}'" if group else ""
@@ -82,11 +82,11 @@ def build(entity: str, project: str, title: str, runs: str, parameters: list[str
              "per-epoch curves."),
         wr.PanelGrid(runsets=[runset("runs")], panels=sweep_panels),
         wr.H1("Predictions and interpretability"),
-        wr.P("Logged by `python -m core.report RUN_DIR --wandb` (and by training with --test): the best run by "
+        wr.P("Logged by `python -m sweepcnn.report RUN_DIR --wandb` (and by training with --test): the best run by "
              f"{metric} comes first."),
         wr.PanelGrid(runsets=[runset("runs with a report")], panels=report_panels),
         wr.H1("Part B: strategy and model comparison"),
-        wr.P("Logged by `python -m core.compare`."),
+        wr.P("Logged by `python -m sweepcnn.report.compare`."),
         wr.PanelGrid(runsets=[runset("comparisons", "JobType = 'compare'")], panels=compare_panels),
     ])
 
@@ -109,11 +109,11 @@ def spec(obj: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m core.wandb_report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m sweepcnn.sweep.wandb_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="default: $WANDB_ENTITY")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"), help="default: $WANDB_PROJECT")
     parser.add_argument("--sweep", help="a W&B sweep id: only its runs")
-    parser.add_argument("--group", help="a run group, e.g. sweep-<name> for runs synced from `python -m core.sweep`")
+    parser.add_argument("--group", help="a run group, e.g. sweep-<name> for runs synced from `python -m sweepcnn.sweep`")
     parser.add_argument("--title", help="default: '<project> sweep report'")
     parser.add_argument("--sweep_yaml", type=Path, default=DEFAULT_SWEEP_YAML,
                         help="the sweep config whose parameters and metric the charts show (default: sweeps/cnn.yaml)")
@@ -144,5 +144,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

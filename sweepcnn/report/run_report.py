@@ -1,7 +1,7 @@
 """Report on a trained run (Part A or Part B): what the model predicts on the test split, where it fails, what its
 first layer learned and what it looks at.
 
-    python -m core.report RUN_DIR [--wandb] [--device cpu]
+    python -m sweepcnn.report RUN_DIR [--wandb] [--device cpu]
 
 Writes RUN_DIR/report/: predictions.png (3 test images for each of up to 10 classes), filters.png (first-layer
 kernels), confusion_matrix.png/.csv, confusion_matrix_normalized.csv, per_class.csv (precision, recall, F1, macro and
@@ -36,12 +36,13 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from core.checkpoint import load_checkpoint
-from core.data import Data, ImageSet, load_data, make_loader
-from core.engine import Batches, evaluate, place_model
-from core.errors import ArgumentParser, UserError
-from core.runtime import resolve_device
-from core.tracking import describe_wandb_run, read_history, read_summary
+from sweepcnn.train.checkpoint import load_checkpoint
+from sweepcnn.data.datasets import Data, ImageSet, load_data, make_loader
+from sweepcnn.train.engine import Batches, evaluate, place_model
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.runtime import resolve_device
+from sweepcnn.tracking import describe_wandb_run, read_history, read_summary
 
 Normalization = tuple[Sequence[float], Sequence[float]]  # per-channel mean and std, in [0, 1] units
 
@@ -149,7 +150,7 @@ class TestResults:
 
 def predict(model: nn.Module, images: ImageSet, batches: Batches, amp: torch.dtype | None, batch_size: int
             ) -> TestResults:
-    """core.engine.evaluate over the split, in order, keeping the logits."""
+    """sweepcnn.train.engine.evaluate over the split, in order, keeping the logits."""
     loader = make_loader(images, batch_size, False, {"balanced_sampler": False, "num_workers": 0},
                          torch.Generator(), False)
     return TestResults(images, evaluate(model, loader, batches, amp, desc="report", keep_outputs=True)["logits"])
@@ -618,7 +619,7 @@ def _interpretability_panels(report: Report, model: nn.Module, layers: Layers, b
                f"activation on this test image, each from its peak position; positive gradients only at every "
                f"activation module ({', '.join(result.activations) or 'none'}). "
                + ("Exact guided backpropagation (ReLU)." if exact else "With non-ReLU activations this is the "
-                  "clamped-gradient analogue of guided backpropagation, see core.report.guided."),
+                  "clamped-gradient analogue of guided backpropagation, see sweepcnn.report.run_report.guided."),
                guided_figure(to_uint8(image, normalization)[0], result, layer,
                              f"{classes[int(r.labels[index])]} ({float(r.confidence[index]):.2f})"))
     picks = [rows[0] for rows in grid_indices(r.images.labels, len(classes), per_class=1) if rows]
@@ -663,12 +664,12 @@ def _link(path: Path, base: Path) -> str:
 
 
 def _compare_section(run_dir: Path, out_dir: Path) -> str:
-    """Part B's comparison (written by core.compare into RUN_DIR/compare), shown as it is there."""
+    """Part B's comparison (written by sweepcnn.report.compare into RUN_DIR/compare), shown as it is there."""
     folder = run_dir / "compare"
     if not all((folder / name).is_file() for name in COMPARE_FILES):
         return ""
     parts = ["<section><h2>Strategy and model comparison</h2><p class=caption>From "
-             f"<code>python -m core.compare</code> ({', '.join(_link(folder / n, out_dir) for n in COMPARE_FILES)})."
+             f"<code>python -m sweepcnn.report.compare</code> ({', '.join(_link(folder / n, out_dir) for n in COMPARE_FILES)})."
              "</p>"]
     for name in ("strategies", "models"):
         with (folder / f"{name}.csv").open(newline="") as f:
@@ -718,7 +719,7 @@ def start_wandb_run(run_dir: Path, cfg: dict) -> Any:
     run's wandb/ folder; mode from $WANDB_MODE, else online with an API key, else offline."""
     import wandb
 
-    from core.tracking import resolve_mode
+    from sweepcnn.tracking import resolve_mode
 
     return wandb.init(project=cfg.get("wandb_project") or os.environ.get("WANDB_PROJECT"),
                       entity=cfg.get("wandb_entity") or os.environ.get("WANDB_ENTITY"),
@@ -778,7 +779,7 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m core.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m sweepcnn.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder of part_a/train.py or part_b/finetune.py")
     parser.add_argument("--wandb", action="store_true", help="also log the report to a new W&B run (mode: "
                         "$WANDB_MODE, else online with an API key, else offline)")
@@ -792,7 +793,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from core.config import run_cli
-
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

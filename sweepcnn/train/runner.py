@@ -15,13 +15,13 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from core.config import Option, parse_args, parse_value
-from core.data import Data, channel_stats, load_data
-from core.engine import Phase, fit
-from core.errors import UserError
-from core.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
+from sweepcnn.config import Option, parse_args, parse_value
+from sweepcnn.data.datasets import Data, channel_stats, load_data
+from sweepcnn.train.engine import Phase, fit
+from sweepcnn.errors import UserError
+from sweepcnn.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
                           tune_allocator)
-from core.tracking import Tracker, write_json
+from sweepcnn.tracking import Tracker, write_json
 
 RUN_OPTIONS = {
     "out_dir": Option("runs", "folder that holds one sub-folder per run"),
@@ -42,7 +42,7 @@ class ModelSpec:
     info: dict  # goes into the summary (e.g. params, flops)
     normalization: tuple[list[float], list[float]] | None = None  # None: per-channel stats of the training split
     phases: list[Phase] | None = None  # None: one phase training every parameter with requires_grad
-    train_mode: Callable[[], None] | None = None  # runs after model.train() each epoch (see core.engine.fit)
+    train_mode: Callable[[], None] | None = None  # runs after model.train() each epoch (see sweepcnn.train.engine.fit)
     run: Callable[..., dict] = fit  # fit, or another function with fit's signature (e.g. an LR range test)
 
 
@@ -86,14 +86,14 @@ def _write_split(run_dir: Path, data: Data, seed: int, resume: bool) -> None:
 
 def _report(run_dir: Path, model: nn.Module, data: Data, normalization, cfg: dict, tracker: Tracker) -> None:
     """The run's results are saved already: a failing report is reported, not fatal."""
-    from core.report import build_report
+    from sweepcnn.report.run_report import build_report
 
     try:
         print(f"report: {build_report(run_dir, model, data, normalization, cfg, wandb_run=tracker.run)}")
     except Exception as exc:
         traceback.print_exc()
         print(f"warning: the report failed ({type(exc).__name__}: {exc}); training and test results are saved; "
-              f"retry with: python -m core.report {run_dir}", file=sys.stderr)
+              f"retry with: python -m sweepcnn.report {run_dir}", file=sys.stderr)
 
 
 def run_training(argv: list[str], options: dict[str, Option], *, prog: str, description: str,

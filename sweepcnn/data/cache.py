@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm import tqdm
 
-from core.images import BadImageError, load_image
-from core.paths import default_cache_dir
+from sweepcnn.data.images import BadImageError, load_image
+from sweepcnn.paths import default_cache_dir
 
 FORMAT_VERSION = 1  # bump when load_image's output changes, to invalidate existing caches
 

@@ -9,7 +9,7 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are UserErrors: one line and exit code 2 under core.config.run_cli."""
+    """argparse whose usage errors are UserErrors: one line and exit code 2 under sweepcnn.config.run_cli."""
 
     def error(self, message: str) -> NoReturn:
         raise UserError(message)

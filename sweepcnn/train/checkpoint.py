@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from core.errors import UserError
-from core.runtime import signals_deferred
+from sweepcnn.errors import UserError
+from sweepcnn.runtime import signals_deferred
 
 
 def save_atomic(obj: Any, path: Path) -> None:

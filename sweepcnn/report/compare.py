@@ -1,8 +1,8 @@
 """Compare finished runs: a strategy table (one row per model, weights, strategy, k and schedule), a model table (each
 model's best run) and a plot of validation accuracy against trainable parameters.
 
-    python -m core.compare runs/run_a runs/run_b ...          # run folders
-    python -m core.compare runs/sweeps/finetune-1a2b3c4d      # every run under a folder (e.g. a sweep's)
+    python -m sweepcnn.report.compare runs/run_a runs/run_b ...          # run folders
+    python -m sweepcnn.report.compare runs/sweeps/finetune-1a2b3c4d      # every run under a folder (e.g. a sweep's)
 
 Runs are ranked by validation accuracy only (the test split never selects anything). Writes strategies.csv/.md,
 models.csv/.md and trainable_params.png into --out (default: <folder>/compare for one folder of runs, else
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from core.config import run_cli
-from core.errors import ArgumentParser, UserError
-from core.tracking import MODES, read_history, resolve_mode
+from sweepcnn.config import run_cli
+from sweepcnn.errors import ArgumentParser, UserError
+from sweepcnn.tracking import MODES, read_history, resolve_mode
 
 STRATEGY_KEY = ("model", "weights", "strategy", "k", "schedule")
 METRICS = ("val_acc", "test_acc", "trainable_params", "total_params", "train_seconds", "images_per_sec", "epochs_run")
@@ -167,7 +167,7 @@ def compare(paths: list[Path], out: Path) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m core.compare", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m sweepcnn.report.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, or folders of runs (e.g. a sweep's)")
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--wandb_mode", choices=MODES, help="default: $WANDB_MODE, else online with an API key, "
@@ -197,5 +197,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 """LR range test (Smith 2017, as fastai's lr_find): train for a few hundred batches while the learning rate grows
 exponentially, record the smoothed loss, plot loss against learning rate and suggest a learning rate.
 
-It has `core.engine.fit`'s signature, so a runner can call it instead of training (`ModelSpec.run`). Parameter groups
+It has `sweepcnn.train.engine.fit`'s signature, so a runner can call it instead of training (`ModelSpec.run`). Parameter groups
 keep their ratios to the last group (the head, for Part B): the swept and suggested value is `--learning_rate`.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from core.config import Option
-from core.data import Data, make_loader, train_transform
-from core.engine import Phase, build_optimizer, default_phases, place_model
-from core.runtime import autocast
+from sweepcnn.config import Option
+from sweepcnn.data.datasets import Data, make_loader, train_transform
+from sweepcnn.train.engine import Phase, build_optimizer, default_phases, place_model
+from sweepcnn.runtime import autocast
 
 LR_FIND_OPTIONS = {
     "lr_find": Option(False, "run an LR range test instead of training: writes lr_find.png (loss against learning "

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from core.checkpoint import load_checkpoint, save_atomic
-from core.config import Option
-from core.data import Data, class_weights, make_loader, train_transform
-from core.errors import UserError
-from core.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
+from sweepcnn.config import Option
+from sweepcnn.data.datasets import Data, class_weights, make_loader, train_transform
+from sweepcnn.errors import UserError
+from sweepcnn.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 
 METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")

@@ -1,0 +1,4 @@
+from sweepcnn.sweep.runner import cli
+
+if __name__ == "__main__":
+    cli()
