@@ -6,23 +6,23 @@
     python part_a/train.py --config best.yaml --test         # a YAML config, flags override it
     python part_a/train.py --help                            # every flag
 """
-from sweepcnn.config import run_cli
-from sweepcnn.data.datasets import DATA_OPTIONS, Data
+from sweepcnn.config import grouped, run_cli
+from sweepcnn.data.augment import AUGMENT_OPTIONS
+from sweepcnn.data.datasets import DATA_OPTIONS
 from sweepcnn.train.engine import ENGINE_OPTIONS
+from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.errors import UserError
-from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
+from sweepcnn.train.runner import RUN_OPTIONS, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
-from part_a.counting import count_cnn
-from part_a.model import MODEL_OPTIONS, build_cnn, resolve_cnn_config
+from part_a.model import MODEL_OPTIONS, resolve_cnn_config
+from part_a.part import build, model_config
 
-OPTIONS = {**DATA_OPTIONS, **MODEL_OPTIONS, **ENGINE_OPTIONS, **TRACKING_OPTIONS, **RUN_OPTIONS}
-
-
-def model_config(cfg: dict) -> dict:
-    return {key: cfg[key] for key in MODEL_OPTIONS}
+OPTIONS = {**DATA_OPTIONS, **AUGMENT_OPTIONS, **grouped("model", MODEL_OPTIONS), **OPTIM_OPTIONS, **ENGINE_OPTIONS,
+           **TRACKING_OPTIONS, **RUN_OPTIONS}
 
 
 def prepare(cfg: dict) -> tuple[int, int]:
+    """Validate the model keys before any data is read; (input size, channels)."""
     try:
         resolve_cnn_config(model_config(cfg))
     except ValueError as exc:
@@ -30,12 +30,8 @@ def prepare(cfg: dict) -> tuple[int, int]:
     return cfg["input_size"], cfg["in_channels"]
 
 
-def build(cfg: dict, data: Data) -> ModelSpec:
-    counts = count_cnn(model_config(cfg))
-    return ModelSpec(build_cnn(model_config(cfg)), {k: counts[k] for k in ("params", "macs", "flops")})
-
-
 def main(argv: list[str]) -> int:
+    """python part_a/train.py [flags]."""
     return run_training(argv, OPTIONS, prog="python part_a/train.py", description=__doc__.strip().splitlines()[0],
                         prepare=prepare, build=build)
 

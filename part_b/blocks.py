@@ -285,8 +285,9 @@ def is_frozen_batchnorm(module: nn.Module) -> bool:
 
 
 def frozen_batchnorm_eval(model: nn.Module) -> Callable[[], None]:
-    """For sweepcnn.train.engine.fit's train_mode: after model.train(), BatchNorm layers with frozen parameters go back to
-    eval mode, so their running statistics stay as loaded. Decided at each call, so it follows phase changes."""
+    """For sweepcnn.train.engine.fit's train_mode: after model.train(), BatchNorm layers with frozen parameters go
+    back to eval mode, so their running statistics stay as loaded. Decided at each call, so it follows phase
+    changes."""
     def set_modes() -> None:
         for module in model.modules():
             if is_frozen_batchnorm(module):

@@ -14,16 +14,20 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from sweepcnn.config import Option, parse_args, run_cli
+from sweepcnn.config import Option, grouped, parse_args, run_cli
+from sweepcnn.data.augment import AUGMENT_OPTIONS
 from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
+from sweepcnn.report.record import parameter_counts
 from sweepcnn.train.lr_find import LR_FIND_OPTIONS, lr_range_test
+from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
 from part_b.blocks import (STRATEGIES, block_parameters, check_k, check_layout, freeze, frozen_batchnorm_eval,
                            frozen_count, param_groups)
 from part_b.models import Backbone, gray_normalization, load_backbone, replace_head
+from part_b.part import identity, interpretability_layers, label, rebuild
 
 FINETUNE_OPTIONS = {
     "model": Option("resnet50", "a torchvision classification model (resnet50, vit_b_16, convnext_tiny, ...) or "
@@ -59,8 +63,10 @@ FINETUNE_OPTIONS = {
 # label smoothing. Full fine-tuning at a single lr of 1e-3 wrecks pretrained features.
 _DEFAULTS = {"epochs": 5, "batch_size": 32, "optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05,
              "warmup_epochs": 0.5, "label_smoothing": 0.1}
-ENGINE = {k: replace(opt, default=_DEFAULTS[k]) if k in _DEFAULTS else opt for k, opt in ENGINE_OPTIONS.items()}
-OPTIONS = {**DATA_OPTIONS, **FINETUNE_OPTIONS, **ENGINE, **LR_FIND_OPTIONS, **TRACKING_OPTIONS, **RUN_OPTIONS}
+TRAINING = {k: replace(opt, default=_DEFAULTS[k]) if k in _DEFAULTS else opt
+            for k, opt in {**OPTIM_OPTIONS, **ENGINE_OPTIONS}.items()}
+OPTIONS = {**DATA_OPTIONS, **AUGMENT_OPTIONS, **grouped("model and fine-tuning", FINETUNE_OPTIONS), **TRAINING,
+           **LR_FIND_OPTIONS, **TRACKING_OPTIONS, **RUN_OPTIONS}
 
 
 def describe(backbone: Backbone, cfg: dict, input_size: int) -> dict:
@@ -69,8 +75,8 @@ def describe(backbone: Backbone, cfg: dict, input_size: int) -> dict:
     uses_k = cfg["strategy"] in ("first_k", "all_except_k")
     frozen = frozen_count(cfg["strategy"], cfg["k"], len(layout.blocks))
     freeze(model, layout, frozen)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts = parameter_counts(model)
+    total, trainable = counts["total_params"], counts["trainable_params"]
     return {"model": cfg["model"], "weights": backbone.weights, "strategy": cfg["strategy"],
             "k": cfg["k"] if uses_k else None, "schedule": cfg["schedule"], "num_classes": cfg["num_classes"],
             "input_size": input_size, "in_channels": cfg["in_channels"], "total_params": total,
@@ -81,8 +87,9 @@ def describe(backbone: Backbone, cfg: dict, input_size: int) -> dict:
 
 
 class FineTune:
-    """prepare/build for sweepcnn.train.runner.run_training. The backbone (weights included) is loaded in prepare, before any
-    image is decoded, so a missing weights file stops the run at once; build adds the head for the data's classes."""
+    """prepare/build for sweepcnn.train.runner.run_training. The backbone (weights included) is loaded in prepare,
+    before any image is decoded, so a missing weights file stops the run at once; build adds the head for the data's
+    classes."""
 
     def __init__(self) -> None:
         self.key: tuple | None = None
@@ -133,9 +140,11 @@ class FineTune:
         mean, std = self.backbone.preset.mean, self.backbone.preset.std
         if cfg["in_channels"] == 1:
             mean, std = gray_normalization(mean, std)
+        ident = identity(info)
         return ModelSpec(model, info, normalization=(mean, std), phases=phases,
                          train_mode=None if cfg["train_frozen_bn"] else frozen_batchnorm_eval(model),
-                         run=lr_range_test if cfg["lr_find"] else fit)
+                         run=lr_range_test if cfg["lr_find"] else fit, layers=interpretability_layers(model, layout),
+                         identity=ident, label=label(ident), rebuild=rebuild)
 
 
 def dry_run(cfg: dict) -> dict:

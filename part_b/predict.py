@@ -23,7 +23,7 @@ from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.data.images import BadImageError, is_image_file, load_image
 from sweepcnn.runtime import resolve_device
-from part_b.models import load_backbone, replace_head, resolve_preset
+from part_b.part import input_size, rebuild
 
 
 class Predictor:
@@ -36,12 +36,12 @@ class Predictor:
                 raise UserError(f"--checkpoints: {path} is not a checkpoint of part_b/finetune.py (its best.pt)")
         first = states[0]["config"]
         self.name, self.channels = first["model"], first["in_channels"]
-        self.size = first["input_size"] or resolve_preset(self.name, first["weights"]).input_size
+        self.size = input_size(first)
         self.classes = states[0]["classes"]
         norm = states[0]["normalization"]
         for path, state in zip(paths[1:], states[1:]):
             cfg = state["config"]
-            size = cfg["input_size"] or resolve_preset(cfg["model"], cfg["weights"]).input_size
+            size = input_size(cfg)
             if (cfg["model"], cfg["in_channels"], size) != (self.name, self.channels, self.size):
                 raise UserError(f"--checkpoints: {path} is {cfg['model']} ({cfg['in_channels']} channels, {size} "
                                 f"px) but {paths[0]} is {self.name} ({self.channels} channels, {self.size} px): an "
@@ -49,7 +49,7 @@ class Predictor:
             if state["classes"] != self.classes or state["normalization"] != norm:
                 raise UserError(f"--checkpoints: {path} was trained on other classes or normalisation than "
                                 f"{paths[0]}")
-        self.models = [self._build(state["model"]).to(device) for state in states]
+        self.models = [self._build(state).to(device) for state in states]
         shape = (1, self.channels, 1, 1)
         self.mean = torch.tensor(norm["mean"], device=device).view(shape) * 255
         self.std = torch.tensor(norm["std"], device=device).view(shape) * 255
@@ -58,11 +58,10 @@ class Predictor:
             self.params, self.buffers = stack_module_state(self.models)
             self.base = copy.deepcopy(self.models[0]).to("meta")  # only its structure is used
 
-    def _build(self, weights: dict) -> nn.Module:
-        backbone = load_backbone(self.name, None, self.size, self.channels)
-        replace_head(backbone.model, backbone.layout, len(self.classes))
-        backbone.model.load_state_dict(weights)
-        return backbone.model.eval()
+    def _build(self, state: dict) -> nn.Module:
+        model = rebuild(state["config"], self.classes).model
+        model.load_state_dict(state["model"])
+        return model.eval()
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import difflib
 import math
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,16 @@ class Option:
     max: float | None = None
     nullable: bool = False
     length: int | None = None  # exact list length for "ints"/"strs"
+    group: str = ""  # the --help heading it is listed under (see `grouped`)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown option kind {self.kind!r}")
+
+
+def grouped(title: str, options: dict[str, Option]) -> dict[str, Option]:
+    """`options` listed under the heading `title` in --help."""
+    return {name: replace(opt, group=title) for name, opt in options.items()}
 
 
 def _scalar(text: str, kind: str) -> Any:
@@ -145,11 +151,19 @@ def load_yaml_config(path: str | Path, options: dict[str, Option]) -> dict[str, 
 
 
 def format_help(prog: str, description: str, options: dict[str, Option]) -> str:
-    lines = [f"usage: {prog} [--config FILE.yaml] [--key=value ...]", "", description, "", "options:"]
-    lines.append(f"  {'--config FILE.yaml':34} config file; flags given on the command line override it")
+    """The usage line, then the flags under their groups' headings (ungrouped ones first, under "options:")."""
+    groups: dict[str, list[str]] = {"": []}
     for name, opt in options.items():
-        default = ",".join(map(str, opt.default)) if isinstance(opt.default, (list, tuple)) else opt.default
-        lines.append(f"  --{name + '=' + opt.kind.upper():32} {opt.help} [{_describe(opt)}; default: {default}]")
+        groups.setdefault(opt.group, []).append(name)
+    lines = [f"usage: {prog} [--config FILE.yaml] [--key=value ...]", "", description]
+    for title, names in groups.items():
+        lines += ["", f"{title or 'options'}:"]
+        if not title:
+            lines.append(f"  {'--config FILE.yaml':34} config file; flags given on the command line override it")
+        for name in names:
+            opt = options[name]
+            default = ",".join(map(str, opt.default)) if isinstance(opt.default, (list, tuple)) else opt.default
+            lines.append(f"  --{name + '=' + opt.kind.upper():32} {opt.help} [{_describe(opt)}; default: {default}]")
     return "\n".join(lines)
 
 

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sweepcnn.config import Option
+from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
+from sweepcnn.io import atomic_write, write_json
 
 MODES = ("online", "offline", "disabled")
 
-TRACKING_OPTIONS = {
+TRACKING_OPTIONS = grouped("tracking (W&B)", {
     "wandb_mode": Option(None, "W&B mode (default: $WANDB_MODE, else online if an API key is configured, else "
                                "offline)", choices=MODES, nullable=True),
     "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT)", nullable=True),
     "wandb_entity": Option(None, "W&B entity, a user or team (default: $WANDB_ENTITY)", nullable=True),
-}
+})
 
 
 def has_api_key() -> bool:
@@ -43,12 +44,6 @@ def resolve_mode(flag: str | None) -> str:
     if mode not in MODES:
         raise UserError(f"WANDB_MODE={mode!r} is not valid: use one of {', '.join(MODES)}")
     return mode
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -134,7 +129,7 @@ class Tracker:
         # A resumed run redoes epochs after its last checkpoint: drop their earlier records.
         if any(row["epoch"] >= step for row in self.history):
             self.history = [row for row in self.history if row["epoch"] < step]
-            self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            atomic_write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.history))
         self.history.append(metrics)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")

@@ -1,6 +1,6 @@
 import pytest
 
-from sweepcnn.config import Option, load_yaml_config, parse_args, parse_value
+from sweepcnn.config import Option, grouped, load_yaml_config, parse_args, parse_value
 from sweepcnn.errors import UserError
 
 OPTIONS = {
@@ -94,6 +94,21 @@ def test_help_lists_every_option(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert all(f"--{name}=" in out for name in OPTIONS)
+
+
+def test_help_lists_flags_under_their_group_headings(capsys):
+    options = {**grouped("data", {"augmentations": OPTIONS["augmentations"]}),
+               **grouped("training", {"epochs": OPTIONS["epochs"]}), "test": OPTIONS["test"],
+               **grouped("data", {"batch_norm": OPTIONS["batch_norm"]})}
+    with pytest.raises(SystemExit):
+        parse_args(["--help"], options, prog="train.py", description="demo")
+    lines = capsys.readouterr().out.splitlines()
+    headings = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings == ["options:", "data:", "training:"]  # ungrouped first, then groups in order of appearance
+    flags = [line.split()[0].split("=")[0] for line in lines if line.startswith("  --")]
+    assert flags == ["--config", "--test", "--augmentations", "--batch_norm", "--epochs"]
+    assert parse_args(["--epochs=3"], options)[0] == {"augmentations": ["hflip"], "epochs": 3, "test": False,
+                                                       "batch_norm": True}  # grouping changes nothing else
 
 
 def test_none_as_a_choice_is_a_value_not_null():

@@ -6,7 +6,9 @@ import torch
 
 from conftest import write_class_folders
 from sweepcnn.config import parse_args
-from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, class_weights, load_data, train_transform
+from sweepcnn.data.augment import AUGMENT_OPTIONS, AUGMENTATIONS, augmented, train_transform
+from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data
+from sweepcnn.train.engine import class_weights
 from sweepcnn.errors import UserError
 
 DEFAULTS, _ = parse_args([], DATA_OPTIONS)
@@ -144,11 +146,22 @@ def test_digits_builtin_is_real_and_split():
 
 def test_augmentations_keep_size_and_dtype():
     image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
-    names = list(DATA_OPTIONS["augmentations"].choices)
+    names = list(AUGMENTATIONS)
     for channels in (1, 3):
         transform = train_transform(names, 48, channels)
         out = transform(image[:channels])
         assert out.shape == (channels, 48, 48) and out.dtype == torch.uint8
+
+
+def test_augmented_reads_its_own_flags(tmp_path):
+    data = load_data({**DEFAULTS, "data": "digits"}, 32, 1, progress=False)
+    flags, _ = parse_args([], AUGMENT_OPTIONS)
+    assert augmented(data.train, flags).transform is None  # --augmentation defaults to off
+    on = augmented(data.train, {**flags, "augmentation": True, "augmentations": ["hflip", "rotate"]})
+    assert [type(t).__name__ for t in on.transform.transforms] == ["RandomHorizontalFlip", "RandomRotation"]
+    torch.manual_seed(0)
+    images, labels = on.__getitems__([0, 1])
+    assert images.shape == (2, 1, 32, 32) and images.dtype == torch.uint8 and labels.tolist() == data.train.labels[:2].tolist()
 
 
 def test_channel_stats_and_class_weights(tmp_path):

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from sweepcnn.config import parse_args
-from sweepcnn.train.engine import ENGINE_OPTIONS, OPTIMIZERS, SCHEDULERS, Progress, build_optimizer, build_scheduler
+from sweepcnn.train.engine import ENGINE_OPTIONS, Progress
+from sweepcnn.train.optim import OPTIM_OPTIONS, OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 
-DEFAULTS, _ = parse_args([], ENGINE_OPTIONS)
+DEFAULTS, _ = parse_args([], {**OPTIM_OPTIONS, **ENGINE_OPTIONS})
 
 
 def _cfg(**overrides):

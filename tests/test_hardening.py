@@ -90,9 +90,9 @@ def test_symlinked_sub_folders_are_followed(tmp_path):
     write_class_folders(tmp_path / "photos", per_class=5)
     write_class_folders(tmp_path / "more", classes=("cat",), per_class=4)
     (tmp_path / "photos" / "cat" / "more").symlink_to(tmp_path / "more" / "cat", target_is_directory=True)
-    from sweepcnn.data.datasets import _class_files
+    from sweepcnn.data.folders import class_files
 
-    files = _class_files(tmp_path / "photos", None)
+    files = class_files(tmp_path / "photos", None)
     assert len(files["cat"]) == 9 and len(files["dog"]) == 5
 
 

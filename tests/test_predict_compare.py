@@ -1,4 +1,5 @@
-"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and sweepcnn.report.compare on real Part B runs."""
+"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and sweepcnn.report.compare on real Part B
+runs (and Part A runs beside them)."""
 import csv
 import io
 import json
@@ -13,7 +14,11 @@ import torch
 import yaml
 
 from conftest import ROOT, write_class_folders
+from sweepcnn.errors import UserError
 from sweepcnn.report.compare import compare
+from sweepcnn.report.record import RECORD, write_record
+from part_a import part as part_a
+from part_b import part as part_b
 from part_b.predict import Predictor, image_files
 from part_b.predict import predict as predict_rows
 from wandb_records import history_and_summary
@@ -104,9 +109,15 @@ def test_an_ensemble_needs_one_architecture(runs, tmp_path):
 
 
 def write_run(folder: Path, **summary) -> None:
+    """A Part B run folder's summary.json and run.json, as training writes them."""
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({"status": "finished", "schedule": "single", **summary}))
+    summary = {"status": "finished", "schedule": "single", **summary}
+    (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": summary["model"]}))
+    identity = part_b.identity(summary)
+    (folder / RECORD).write_text(json.dumps({"rebuild": "part_b.part:rebuild", "identity": identity,
+                                             "label": part_b.label(identity), **{k: summary[k] for k in (
+                                                 "total_params", "trainable_params")}}))
 
 
 def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path):
@@ -132,12 +143,13 @@ def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path)
     assert len(table) == 3 and {"val_acc", "test_acc", "trainable_params", "total_params", "train_seconds",
                                 "images_per_sec", "epochs_run"} <= set(table[0])
     assert (tmp_path / "out" / "models.md").read_text().startswith("| model |")
+    assert "| 1,000 | 1,000 |" in (tmp_path / "out" / "strategies.md").read_text()  # parameter counts grouped
     assert (tmp_path / "out" / "trainable_params.png").stat().st_size > 5000
 
 
 def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sweepcnn.report.compare", str(runs["runs"]), "--out", str(tmp_path / "cmp"),
-                           "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.report.compare", str(runs["runs"]), "--out",
+                           str(tmp_path / "cmp"), "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## Strategies" in proc.stdout and "efficientnet_lite0" in proc.stdout
     history, _, files = history_and_summary(tmp_path / "cmp")
@@ -145,3 +157,29 @@ def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
     assert logged["strategy_comparison._type"] == logged["model_comparison._type"] == "table-file"
     assert logged["strategy_comparison.nrows"] == 1 and logged["trainable_params._type"] == "image-file"
     assert sum(f.endswith(".table.json") for f in files) == 2 and any(f.endswith(".png") for f in files)
+
+
+def test_compare_shows_part_a_runs_by_their_own_identity(runs, tmp_path):
+    spec = part_a.rebuild({"input_size": 32, "base_filters": 4}, ["cat", "dog", "owl"])
+    for name, val_acc in (("cnn1", 0.5), ("cnn2", 0.6)):
+        write_record(tmp_path / "a" / name, spec, 32, 3)
+        (tmp_path / "a" / name / "summary.json").write_text(json.dumps({"status": "finished", "val_acc": val_acc}))
+    strategies, models = compare([tmp_path / "a", runs["runs"] / "seed0"], tmp_path / "out")
+    cnn = next(r for r in strategies if r["model"] == "part_a_cnn")
+    assert cnn["runs"] == 2 and cnn["run"].endswith("cnn2") and cnn["filter_counts"] == "4-4-4-4-4"
+    assert cnn["trainable_params"] == cnn["total_params"] == sum(p.numel() for p in spec.model.parameters())
+    assert [r["model"] for r in models] == [r["model"] for r in sorted(models, key=lambda r: -r["val_acc"])]
+    with open(tmp_path / "out" / "strategies.csv") as f:
+        table = {row["model"]: row for row in csv.DictReader(f)}
+    assert list(next(iter(table.values())))[:5] == ["model", "weights", "strategy", "k", "schedule"]
+    assert table["part_a_cnn"]["strategy"] == "" and table["efficientnet_lite0"]["filter_counts"] == ""
+    assert table["part_a_cnn"]["activation"] == "relu" and table["efficientnet_lite0"]["strategy"] == "all_except_last"
+    (tmp_path / "a" / "cnn1" / RECORD).unlink()  # a run made before run.json
+    with pytest.raises(UserError, match="no run.json"):
+        compare([tmp_path / "a"], tmp_path / "out")
+
+
+def test_compare_starts_no_torch():
+    code = "import sys, sweepcnn.report.compare; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

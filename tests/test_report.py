@@ -1,5 +1,6 @@
-"""sweepcnn.report.run_report and sweepcnn.sweep.wandb_report on tiny models and data: figures, interpretability maps, report.html (also in
-headless Chromium), the CLI on a trained run with an offline W&B run, and the W&B report's offline specification."""
+"""sweepcnn.report (the run report) and sweepcnn.sweep.wandb_report on tiny models and data: figures,
+interpretability maps and the layers each part names, report.html (also in headless Chromium), run folders and their
+run.json, the CLI on a trained run with an offline W&B run, and the W&B report's offline specification."""
 import base64
 import copy
 import csv
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
 from PIL import Image
 from torch import nn
@@ -22,15 +24,22 @@ from torchvision.models import ResNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock
 
 from conftest import ROOT, write_class_folders
-from sweepcnn.report import run_report as rp
+from sweepcnn.report import figures, interpret, panels, plots, predictions, run_report, runs, wandb_log
+from sweepcnn.report.keys import PANEL_KEYS, WANDB_TABLE_KEYS
+from sweepcnn.report.predictions import MISTAKES
 from sweepcnn.config import parse_args
 from sweepcnn.data.datasets import ImageSet, load_data
 from sweepcnn.errors import UserError
-from part_a.model import build_cnn
+from sweepcnn.report.record import RECORD, import_path, read_record, write_record
+from sweepcnn.train.runner import ModelSpec
+from part_a import part as part_a
+from part_a.model import CNN
 from part_a.train import OPTIONS
+from part_b import part as part_b
+from part_b.blocks import layout_for
 from wandb_records import history_and_summary, records
 
-PX = int(rp.CELL * rp.DPI)  # one image cell: 180 px
+PX = int(plots.CELL * figures.DPI)  # one image cell: 180 px
 NORM = ([0.5, 0.4, 0.3], [0.25, 0.2, 0.3])
 
 
@@ -41,12 +50,18 @@ def part_a_config(**overrides) -> dict:
     return cfg
 
 
-def tiny_cnn(num_classes: int, activation: str = "relu", channels: int = 3) -> nn.Module:
+def tiny_cnn_spec(num_classes: int, activation: str = "relu", channels: int = 3) -> ModelSpec:
+    """A tiny CNN as Part A rebuilds it for a report."""
     torch.manual_seed(0)
-    model = build_cnn({"input_size": 32, "base_filters": 4, "filter_counts_strategy": "doubling",
-                       "dense_neurons": 16, "activation": activation, "num_classes": num_classes,
-                       "in_channels": channels})
-    return model.eval()
+    spec = part_a.rebuild({"input_size": 32, "base_filters": 4, "filter_counts_strategy": "doubling",
+                           "dense_neurons": 16, "activation": activation, "in_channels": channels},
+                          [f"class{c}" for c in range(num_classes)])
+    spec.model.eval()
+    return spec
+
+
+def tiny_cnn(num_classes: int, activation: str = "relu", channels: int = 3) -> nn.Module:
+    return tiny_cnn_spec(num_classes, activation, channels).model
 
 
 def tiny_resnet() -> ResNet:
@@ -68,7 +83,7 @@ def png(path) -> np.ndarray:
 
 
 def rendered(fig, folder: Path) -> np.ndarray:
-    return png(rp.save_figure(fig, folder / "figure.png"))
+    return png(figures.save_figure(fig, folder / "figure.png"))
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -76,13 +91,13 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255 - torch.tensor(NORM[0]).view(shape)) / torch.tensor(NORM[1]).view(shape)
 
 
-def synthetic_results(per_class: list[int], channels: int = 3) -> rp.TestResults:
+def synthetic_results(per_class: list[int], channels: int = 3) -> predictions.TestResults:
     """Test results over random uint8 images, `per_class[c]` of class c, with random logits."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(len(per_class)), per_class)
     pixels = rng.integers(0, 256, (len(labels), channels, 32, 32), dtype=np.uint8)
     images = ImageSet(pixels, np.arange(len(labels)), labels, [f"img{i}" for i in range(len(labels))])
-    return rp.TestResults(images, torch.from_numpy(rng.normal(size=(len(labels), len(per_class)))).float())
+    return predictions.TestResults(images, torch.from_numpy(rng.normal(size=(len(labels), len(per_class)))).float())
 
 
 # ---------------------------------------------------------------------------------------------------- one report
@@ -92,8 +107,8 @@ HISTORY = [{"epoch": e, "train_loss": 2.3 - 0.3 * e, "val_loss": 2.2 - 0.2 * e, 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """A run folder (config, metrics, summary) with the report of a tiny CNN on digits (10 classes) and Part B's
-    comparison written into it by sweepcnn.report.compare."""
+    """A run folder (config, run.json, metrics, summary) with the report of a tiny CNN on digits (10 classes) and
+    the comparison written into it by sweepcnn.report.compare."""
     from sweepcnn.report.compare import compare
 
     run = tmp_path_factory.mktemp("runs") / "digits-run"
@@ -103,8 +118,10 @@ def digits_run(tmp_path_factory):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in HISTORY))
     (run / "summary.json").write_text(json.dumps({"status": "finished", "val_acc": 0.45, "params": 12345}))
+    spec = tiny_cnn_spec(10)
+    write_record(run, spec, 32, 3)
     compare([run], run / "compare")
-    page = rp.build_report(run, tiny_cnn(10), data, NORM, cfg)
+    page = run_report.build_report(run, spec.model, data, NORM, cfg, layers=spec.layers)
     return run, page, data
 
 
@@ -142,10 +159,10 @@ def test_confusion_matrix_and_per_class_metrics_agree_with_the_predictions(digit
 
     _, page, data = digits_run
     out = page.parent
-    predictions = read_csv(out / "predictions.csv")
-    assert [row["file"] for row in predictions] == data.test.names
-    assert [row["true"] for row in predictions] == [data.classes[y] for y in data.test.labels]
-    true, pred = [row["true"] for row in predictions], [row["predicted"] for row in predictions]
+    rows = read_csv(out / "predictions.csv")
+    assert [row["file"] for row in rows] == data.test.names
+    assert [row["true"] for row in rows] == [data.classes[y] for y in data.test.labels]
+    true, pred = [row["true"] for row in rows], [row["predicted"] for row in rows]
     counts = read_csv(out / "confusion_matrix.csv")
     for row in counts:
         for c in data.classes:
@@ -158,8 +175,8 @@ def test_confusion_matrix_and_per_class_metrics_agree_with_the_predictions(digit
         expected = f1_score(true, pred, average=average, zero_division=0)
         assert float(per_class[f"{average} avg"]["f1"]) == pytest.approx(expected, abs=1e-5)
     mistakes = read_csv(out / "mistakes.csv")
-    losses = sorted((float(row["loss"]) for row in predictions), reverse=True)
-    assert [float(row["loss"]) for row in mistakes] == losses[:rp.MISTAKES]
+    losses = sorted((float(row["loss"]) for row in rows), reverse=True)
+    assert [float(row["loss"]) for row in mistakes] == losses[:MISTAKES]
 
 
 class _Refs(HTMLParser):
@@ -242,12 +259,12 @@ class _Dom(HTMLParser):
 def test_prediction_grid_is_10_by_3_and_adapts_to_fewer_classes(per_class, rows, filled, channels):
     results = synthetic_results(per_class, channels)
     classes = [f"class{c}" for c in range(len(per_class))]
-    fig = rp.prediction_grid(results, classes)
+    fig = plots.prediction_grid(results, classes)
     assert len(fig.axes) == rows * 3
     assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (rows, 3)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == filled
-    expected = [i for row in rp.grid_indices(results.images.labels, len(classes)) for i in row]
+    expected = [i for row in predictions.grid_indices(results.images.labels, len(classes)) for i in row]
     for ax, i in zip(shown, expected):
         expected_pixels = results.images.pixels[i].transpose(1, 2, 0)
         assert np.array_equal(ax.images[0].get_array(), expected_pixels[..., 0] if channels == 1 else expected_pixels)
@@ -259,20 +276,20 @@ def test_prediction_grid_is_10_by_3_and_adapts_to_fewer_classes(per_class, rows,
 
 def test_normalised_images_go_back_to_the_same_uint8_pixels():
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    back = rp.to_uint8(normalize(pixels), NORM)
+    back = predictions.to_uint8(normalize(pixels), NORM)
     assert back.dtype == np.uint8 and np.array_equal(back, pixels.permute(0, 2, 3, 1).numpy())
 
 
 def test_two_class_tasks_get_roc_and_precision_recall(tmp_path):
     cfg = part_a_config(data=str(write_class_folders(tmp_path / "data", ("cat", "dog"), per_class=20)))
     data = load_data(cfg, 32, 3, progress=False)
-    report = rp.write_panels(tmp_path / "report", tiny_cnn(2), data, NORM, cfg, [])
+    report = panels.write_panels(tmp_path / "report", tiny_cnn(2), data, NORM, cfg, [])
     assert [p.key for p in report.panels if p.key == "roc_pr"] == ["roc_pr"]
     pixels = png(tmp_path / "report" / "roc_pr.png")
     assert (pixels.shape[1], pixels.shape[0]) == (1000, 450) and pixels[..., :3].var() > 0
     assert 0 <= report.metrics["roc_auc"] <= 1 and 0 <= report.metrics["average_precision"] <= 1
     assert not (tmp_path / "report" / "curves.png").exists()  # no metrics.jsonl: no curves
-    assert set(p.key for p in report.panels) <= set(rp.PANEL_KEYS)
+    assert set(p.key for p in report.panels) <= set(PANEL_KEYS)
     roc = read_csv(tmp_path / "report" / "roc.csv")
     assert float(roc[0]["false_positive_rate"]) == 0 and float(roc[-1]["true_positive_rate"]) == 1
     assert read_csv(tmp_path / "report" / "precision_recall.csv")[0].keys() == {"recall", "precision"}
@@ -284,7 +301,7 @@ def test_two_class_tasks_get_roc_and_precision_recall(tmp_path):
             self.logged.update(payload)
 
     run = Run()
-    rp.log_report(run, report)
+    wandb_log.log_report(run, report)
     assert {"report/roc_pr", "report/roc_chart", "report/precision_recall_chart",
             "report/confusion_matrix_chart"} <= set(run.logged)
     assert run.summary["report/roc_auc"] == report.metrics["roc_auc"]
@@ -319,26 +336,34 @@ def _replace_relus(module: nn.Module) -> None:
 def test_guided_backprop_is_exact_for_relu():
     """The hooks give what the textbook guided-ReLU function gives, neuron by neuron."""
     model = tiny_cnn(3)
-    layer = rp.interpretability_layers(model).target
+    layer = part_layers(model).target
     image = torch.randn(1, 3, 32, 32)
-    result = rp.guided_backprop(model, layer, image)
-    assert len(result.neurons) == rp.NEURONS and result.activations == ["ReLU"]
-    assert result.maps.shape == (rp.NEURONS, 3, 32, 32)
+    result = interpret.guided_backprop(model, layer, image)
+    assert len(result.neurons) == interpret.NEURONS and result.activations == ["ReLU"]
+    assert result.maps.shape == (interpret.NEURONS, 3, 32, 32)
     reference = copy.deepcopy(model)
     _replace_relus(reference)
     reference_layer = reference.features.block5.conv
     for gradient, (c, y, x) in zip(result.maps, result.neurons):
         probe = image.clone().requires_grad_(True)
-        with rp.capture(reference_layer) as out:
+        with interpret.capture(reference_layer) as out:
             reference(probe)
         expected, = torch.autograd.grad(out["output"][0, c, y, x], probe)
         assert torch.allclose(gradient, expected[0], atol=1e-6)
         assert gradient.abs().sum() > 0
     plain = image.clone().requires_grad_(True)  # and it is not the plain gradient
-    with rp.capture(layer) as out:
+    with interpret.capture(layer) as out:
         model(plain)
     c, y, x = result.neurons[0]
     assert not torch.allclose(torch.autograd.grad(out["output"][0, c, y, x], plain)[0][0], result.maps[0])
+
+
+def part_layers(model: nn.Module) -> interpret.Layers:
+    """The layers the model's part names: Part A's for the CNN, Part B's (by block layout) for torchvision's."""
+    if isinstance(model, CNN):
+        return part_a.interpretability_layers(model)
+    return part_b.interpretability_layers(model, layout_for("resnet18" if isinstance(model, ResNet) else "vit_b_16",
+                                                            model))
 
 
 MODELS = {"cnn_gelu": lambda: tiny_cnn(3, "gelu"), "cnn_silu": lambda: tiny_cnn(3, "silu"),
@@ -349,13 +374,13 @@ MODELS = {"cnn_gelu": lambda: tiny_cnn(3, "gelu"), "cnn_silu": lambda: tiny_cnn(
 @pytest.mark.parametrize("name", MODELS)
 def test_guided_backprop_and_gradcam_maps_have_the_input_size(name):
     model = MODELS[name]()
-    layers = rp.interpretability_layers(model)
+    layers = part_layers(model)
     channels = layers.first.in_channels
     images = torch.randn(4, channels, 32, 32)
-    guided = rp.guided_backprop(model, layers.target, images[:1])
-    assert guided.maps.shape == (len(guided.neurons), channels, 32, 32) and len(guided.neurons) == rp.NEURONS
+    guided = interpret.guided_backprop(model, layers.target, images[:1])
+    assert guided.maps.shape == (len(guided.neurons), channels, 32, 32) and len(guided.neurons) == interpret.NEURONS
     assert all(m.abs().sum() > 0 for m in guided.maps)
-    cams, targets = rp.grad_cam(model, layers.target, images)
+    cams, targets = interpret.grad_cam(model, layers.target, images)
     assert cams.shape == (4, 32, 32) and torch.equal(targets, model(images).argmax(1))
     assert cams.min() >= 0 and cams.max() <= 1 and cams.flatten(1).amax(1).max() == 1
     # the hooks are gone and in-place activations are in place again
@@ -366,22 +391,31 @@ def test_guided_backprop_and_gradcam_maps_have_the_input_size(name):
 
 def test_interpretability_layers_per_architecture(tmp_path):
     cnn, resnet, vit = tiny_cnn(3), tiny_resnet(), tiny_vit()
-    assert rp.interpretability_layers(cnn) == rp.Layers(cnn.features.block1.conv, cnn.features.block5.conv)
-    assert rp.interpretability_layers(resnet) == rp.Layers(resnet.conv1, resnet.layer4)
-    assert rp.interpretability_layers(vit) == rp.Layers(vit.conv_proj, vit.encoder.layers[-1].ln_1)
+    assert part_layers(cnn) == interpret.Layers(cnn.features.block1.conv, cnn.features.block5.conv)
+    spec = tiny_cnn_spec(3)
+    assert spec.layers == interpret.Layers(spec.model.features.block1.conv, spec.model.features.block5.conv)
+    assert part_layers(resnet) == interpret.Layers(resnet.conv1, resnet.layer4)
+    assert part_layers(vit) == interpret.Layers(vit.conv_proj, vit.encoder.layers[-1].ln_1)
+    # any other backbone, and a model whose part names no layers: the first and last Conv2d
+    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=3)
+    convs = [m for m in mobilenet.modules() if isinstance(m, nn.Conv2d)]
+    assert part_b.interpretability_layers(mobilenet, layout_for("mobilenet_v3_small", mobilenet)) == \
+        interpret.conv_layers(mobilenet) == interpret.Layers(convs[0], convs[-1])
+    with pytest.raises(UserError, match="no Conv2d"):
+        interpret.conv_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
     # why ln_1 and not the block's output: only the class token of the output reaches the logits
     images = torch.randn(2, 3, 32, 32)
-    assert rp.grad_cam(vit, vit.encoder.layers[-1], images)[0].abs().sum() == 0
-    assert rp.grad_cam(vit, vit.encoder.layers[-1].ln_1, images)[0].abs().sum() > 0
+    assert interpret.grad_cam(vit, vit.encoder.layers[-1], images)[0].abs().sum() == 0
+    assert interpret.grad_cam(vit, vit.encoder.layers[-1].ln_1, images)[0].abs().sum() > 0
     for model, name, shape in ((cnn, "features.block1.conv", (600, 600)), (resnet, "conv1", (600, 600)),
                                (vit, "conv_proj", (600, 600))):
-        pixels = rendered(rp.filters_figure(rp.interpretability_layers(model).first, name), tmp_path)
+        pixels = rendered(plots.filters_figure(part_layers(model).first, name), tmp_path)
         assert (pixels.shape[1], pixels.shape[0]) == shape and pixels[..., :3].var() > 0
 
 
 def test_vit_tokens_map_onto_the_patch_grid():
     tokens = torch.arange(2 * 17 * 5, dtype=torch.float).view(2, 17, 5)  # class token + 4x4 patches, 5 dims
-    grid = rp.as_grid(tokens)
+    grid = interpret.as_grid(tokens)
     assert grid.shape == (2, 5, 4, 4)
     assert torch.equal(grid[1, 3, 2, 1], tokens[1, 1 + 2 * 4 + 1, 3])
 
@@ -396,15 +430,39 @@ def test_load_run_model_rebuilds_a_part_b_run(tmp_path):
     backbone = load_backbone("resnet18", None, 32, 3)
     replace_head(backbone.model, backbone.layout, 3)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_record(tmp_path, ModelSpec(backbone.model, {}, rebuild=part_b.rebuild), 32, 3)  # as training writes it
+    assert read_record(tmp_path)["rebuild"] == "part_b.part:rebuild"
     save_atomic({"model": backbone.model.state_dict(), "classes": ["a", "b", "c"], "epoch": 1, "metrics": {},
                  "normalization": {"mean": [0.4] * 3, "std": [0.2] * 3}, "config": cfg}, tmp_path / "best.pt")
-    model, config, classes, normalization = rp.load_run_model(tmp_path)
+    spec, config, classes, normalization = runs.load_run_model(tmp_path)
+    model = spec.model
     assert isinstance(model, ResNet) and not model.training and classes == ["a", "b", "c"]
     assert normalization == ([0.4] * 3, [0.2] * 3) and config["model"] == "resnet18"
+    assert spec.layers == interpret.Layers(model.conv1, model.layer4)
     for key, value in backbone.model.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    assert rp.run_architecture(config) == ("part_b", 32, 3)
-    assert rp.run_architecture({**config, "input_size": None})[1] == 224  # the weights' own size
+    assert part_b.input_size({**config, "input_size": None}) == 224  # the weights' own size
+
+
+def test_a_run_folder_records_an_importable_rebuild_function(tmp_path):
+    def nested(cfg, classes):
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="importable"):
+        import_path(nested)
+    nested.__module__ = "__main__"
+    with pytest.raises(ValueError, match="importable"):
+        import_path(nested)
+    assert import_path(part_a.rebuild) == "part_a.part:rebuild"
+    spec = tiny_cnn_spec(3)
+    write_record(tmp_path, spec, 32, 3)
+    record = read_record(tmp_path)
+    assert record["identity"]["model"] == "part_a_cnn" and record["label"] == spec.label
+    assert record["total_params"] == record["trainable_params"] == sum(p.numel() for p in spec.model.parameters())
+    (tmp_path / RECORD).write_text(json.dumps({**record, "rebuild": "part_a.part:no_such_function"}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(part_a_config()))
+    with pytest.raises(UserError, match="cannot import the rebuild function part_a.part:no_such_function"):
+        runs.load_run_model(tmp_path)
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
@@ -412,25 +470,32 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(sys, "argv", ["sweepcnn.report.run_report", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:
-        run_cli(rp.main)
+        run_cli(run_report.main)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "config.yaml" in err
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(part_a_config()))
+    with pytest.raises(SystemExit) as stop:  # a run folder made before runs recorded their part
+        run_cli(run_report.main)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "no run.json" in err
+    assert '"rebuild": "part_a.part:rebuild"' in err and "part_b.part:rebuild" in err
+    write_record(tmp_path, tiny_cnn_spec(10), 32, 3)
     with pytest.raises(UserError, match="checkpoint not found"):
-        rp.load_run_model(tmp_path)
+        runs.load_run_model(tmp_path)
 
 
 def test_run_data_must_match_the_runs_classes_and_test_split(tmp_path):
     cfg = part_a_config(data="digits")
     classes = [str(d) for d in range(10)]
+    write_record(tmp_path, tiny_cnn_spec(10), 32, 3)
     split = load_data(cfg, 32, 3, progress=False).split_record(0)
     (tmp_path / "split.json").write_text(json.dumps(split))
-    assert rp.load_run_data(tmp_path, cfg, classes).test.names == [name for name, _ in split["test"]]
+    assert runs.load_run_data(tmp_path, cfg, classes).test.names == [name for name, _ in split["test"]]
     with pytest.raises(UserError, match="trained on"):
-        rp.load_run_data(tmp_path, cfg, classes[::-1])
+        runs.load_run_data(tmp_path, cfg, classes[::-1])
     (tmp_path / "split.json").write_text(json.dumps({**split, "test": split["test"][1:]}))
     with pytest.raises(UserError, match="data changed"):
-        rp.load_run_data(tmp_path, cfg, classes)
+        runs.load_run_data(tmp_path, cfg, classes)
 
 
 def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wandb_run(tmp_path):
@@ -441,26 +506,30 @@ def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wand
     proc = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "runs" / "r"
-    shutil.rmtree(run / "report", ignore_errors=True)  # built by training once it builds reports: rebuild here
+    assert (run / "report" / "report.html").is_file()  # built after training's test
+    record = read_record(run)
+    assert record["rebuild"] == "part_a.part:rebuild" and (record["input_size"], record["in_channels"]) == (32, 3)
+    assert record["identity"]["model"] == "part_a_cnn" and record["identity"]["filter_counts"] == "4-4-4-4-4"
+    shutil.rmtree(run / "report")  # rebuilt here from the run folder
     proc = subprocess.run([sys.executable, "-m", "sweepcnn.report", str(run), "--wandb"], cwd=ROOT, capture_output=True,
                           text=True, env={**env, "WANDB_MODE": "offline"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"report: {run / 'report' / 'report.html'}" in proc.stdout
     assert "offline W&B run" in proc.stderr and "wandb sync" in proc.stderr
-    panels = {p.stem for p in (run / "report").glob("*.png")}
-    assert panels == set(rp.PANEL_KEYS) - {"roc_pr"}  # three classes
+    shown = {p.stem for p in (run / "report").glob("*.png")}
+    assert shown == set(PANEL_KEYS) - {"roc_pr"}  # three classes
 
     history, summary, _ = history_and_summary(run)  # the one offline run in run/wandb
     files = next((run / "wandb").glob("offline-run-*")) / "files"
     assert len(history) == 1
     logged = history[0]
-    for key in panels:
+    for key in shown:
         assert logged[f"report/{key}._type"] == "image-file"
         pixels = png(files / logged[f"report/{key}.path"])
         assert pixels.dtype == np.uint8 and pixels[..., :3].var() > 0
         assert pixels.shape == png(run / "report" / f"{key}.png").shape
         assert (logged[f"report/{key}.width"], logged[f"report/{key}.height"]) == pixels.shape[1::-1]
-    for key in (*rp.WANDB_TABLE_KEYS, "confusion_matrix_chart_table"):
+    for key in (*WANDB_TABLE_KEYS, "confusion_matrix_chart_table"):
         assert logged[f"report/{key}._type"] == "table-file", key
     # wandb 0.31 logs a table as an artifact: its images are files of the artifact, staged for `wandb sync`
     artifact = next(r.artifact for r in records(next(files.parent.glob("run-*.wandb")))
@@ -489,9 +558,9 @@ def test_wandb_report_offline_writes_its_specification(tmp_path, monkeypatch, ca
     spec = json.loads(out.read_text())
     assert spec["saved"] is False and spec["filters"] == "Sweep = 'abc123'"
     grids = [b for b in spec["report"]["blocks"] if b["type"] == "PanelGrid"]
-    panels = [p for g in grids for p in g["panels"]]
+    every_panel = [p for g in grids for p in g["panels"]]
     by_type: dict[str, list] = {}
-    for p in panels:
+    for p in every_panel:
         by_type.setdefault(p["type"], []).append(p)
     sweep = yaml.safe_load((ROOT / "sweeps" / "cnn.yaml").read_text())
     searched = [k for k, v in sweep["parameters"].items() if set(v) != {"value"}]
@@ -499,9 +568,9 @@ def test_wandb_report_offline_writes_its_specification(tmp_path, monkeypatch, ca
     assert [c["metric"] for c in columns] == [{"type": "Config", "name": k} for k in searched] + \
         [{"type": "SummaryMetric", "name": "val_acc"}]
     assert by_type["ParameterImportancePlot"][0]["with_respect_to"] == "val_acc"
-    assert {k for p in by_type["MediaBrowser"] for k in p["media_keys"]} >= {f"report/{k}" for k in rp.PANEL_KEYS}
+    assert {k for p in by_type["MediaBrowser"] for k in p["media_keys"]} >= {f"report/{k}" for k in PANEL_KEYS}
     assert {p["table_name"] for p in by_type["WeavePanelSummaryTable"]} >= {f"report/{k}" for k in
-                                                                           rp.WANDB_TABLE_KEYS}
+                                                                           WANDB_TABLE_KEYS}
     assert grids[0]["runsets"][0]["filters"] == "Sweep = 'abc123'"
     with pytest.raises(UserError, match="not both"):
         wandb_report.main(["--entity", "me", "--project", "proj", "--sweep", "a", "--group", "b"])

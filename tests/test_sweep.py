@@ -13,8 +13,9 @@ import yaml
 
 from conftest import ROOT, write_class_folders
 from sweepcnn.config import parse_args
+from sweepcnn.errors import UserError
 from sweepcnn.train.engine import METRIC
-from sweepcnn.sweep.runner import agent_command, load_sweep, search_engine, swept_names
+from sweepcnn.sweep.spec import agent_command, load_sweep, metric_goal, search_engine, swept_names
 from part_a.counting import count_cnn
 from part_a.model import MODEL_OPTIONS
 from part_a.train import OPTIONS
@@ -40,6 +41,22 @@ def test_search_space_is_bounded():
     choices = [params[k]["values"] if "values" in params[k] else [params[k]["value"]] for k in model_keys]
     worst = max(count_cnn(dict(zip(model_keys, combo)))["flops"] for combo in itertools.product(*choices))
     assert worst <= 15e9  # the bound the YAML's comment states (the default CNN: 0.39 GFLOPs)
+
+
+@pytest.mark.parametrize("metric,expected", [({"name": "val_acc", "goal": "maximize"}, ("val_acc", True)),
+                                             ({"name": "val_loss", "goal": "minimize"}, ("val_loss", False)),
+                                             ({"name": "val_loss"}, ("val_loss", False))])  # W&B's default
+def test_metric_goal(metric, expected):
+    assert metric_goal({"metric": metric}) == expected
+
+
+@pytest.mark.parametrize("module", ["runner", "report", "wandb_report"])
+def test_sweep_tools_start_neither_torch_nor_matplotlib(module):
+    code = (f"import sys, sweepcnn.sweep.{module}; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_agent_command_equals_wandb_agent():
@@ -199,13 +216,58 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     assert sorted(float(t["learning_rate"]) for t in trials) == [0.005, 0.01, 0.02]  # no grid point run twice
 
 
+def test_folder_state_and_records(tmp_path):
+    from sweepcnn.sweep.folder import SweepFolder, write_records
+
+    sweep = {"program": "part_a/train.py", "metric": {"name": "val_acc", "goal": "maximize"},
+             "parameters": {"epochs": {"value": 2}, "learning_rate": {"values": [0.1, 0.01]},
+                            "filter_sizes": {"values": [[3, 5], [5, 3]]}}}
+    folder = SweepFolder(tmp_path / "sweep", sweep)
+    folder.create(Path("tiny.yaml"))
+    assert yaml.safe_load((folder.root / "sweep.yaml").read_text()) == sweep
+    written = (folder.root / "state.json").stat().st_mtime_ns
+    with folder.locked() as state:  # read, not changed: not written again
+        assert state["sweep"] == sweep and state["trials"] == []
+    assert (folder.root / "state.json").stat().st_mtime_ns == written
+    with folder.locked() as state:
+        state["trials"] += [
+            {"run_id": "a", "state": "finished", "metric": 0.5, "started": 0.0, "ended": 2.0,
+             "params": {"epochs": 2, "learning_rate": 0.1, "filter_sizes": [3, 5]}},
+            {"run_id": "b", "state": "stopped", "metric": 0.75, "started": 1.0, "ended": 4.5,
+             "params": {"epochs": 2, "learning_rate": 0.01, "filter_sizes": [5, 3]}},
+            {"run_id": "c", "state": "failed", "metric": None, "started": 2.0, "ended": 3.0,
+             "params": {"epochs": 2, "learning_rate": 0.1, "filter_sizes": [5, 3]}}]
+        for run_id in "ab":
+            run = folder.runs / run_id
+            run.mkdir()
+            (run / "metrics.jsonl").write_text('{"epoch": 1, "val_acc": 0.25}\n{"epoch": 2, "val_acc": 0.5}\n')
+            (run / "summary.json").write_text(json.dumps({"params": 100, "flops": 2e6, "test_acc": None}))
+        write_records(folder, state)
+    assert json.loads((folder.root / "state.json").read_text())["trials"][1]["run_id"] == "b"
+    assert (folder.root / "trials.csv").read_text().splitlines() == [
+        "trial,run_id,state,val_acc,epochs_run,params,flops,test_acc,seconds,learning_rate,filter_sizes",
+        '1,a,finished,0.5,2,100,2000000.0,,2.0,0.1,"[3, 5]"',
+        '2,b,stopped,0.75,2,100,2000000.0,,3.5,0.01,"[5, 3]"',
+        '3,c,failed,,0,,,,1.0,0.1,"[5, 3]"']
+    best = (folder.root / "best.yaml").read_text()
+    assert best.startswith(f"# best trial of {folder.root}: run b (stopped), val_acc = 0.75\n")
+    assert yaml.safe_load(best) == {"epochs": 2, "learning_rate": 0.01, "filter_sizes": [5, 3]}
+    assert sorted(p.name for p in folder.root.iterdir()) == ["best.yaml", "lock", "runs", "state.json",
+                                                              "sweep.yaml", "trials.csv"]  # no temporary file left
+    (tmp_path / "plain").write_text("")  # atomic writes create files as open() does (not mkstemp's 0600)
+    modes = {(folder.root / name).stat().st_mode & 0o777 for name in ("best.yaml", "state.json", "trials.csv")}
+    assert modes == {(tmp_path / "plain").stat().st_mode & 0o777}
+    with pytest.raises(UserError, match="holds a different sweep"):
+        SweepFolder(folder.root, {**sweep, "method": "grid"}).create(Path("other.yaml"))
+
+
 def test_lost_trials_are_told_from_live_ones():
     import socket
 
-    from sweepcnn.sweep.runner import STALE_SECONDS, _process_start, reap_lost_trials
+    from sweepcnn.sweep.folder import STALE_SECONDS, process_start, reap_lost_trials
 
     now = time.time()
-    me = {"host": socket.gethostname(), "worker_pid": os.getpid(), "worker_start": _process_start(os.getpid()),
+    me = {"host": socket.gethostname(), "worker_pid": os.getpid(), "worker_start": process_start(os.getpid()),
           "heartbeat": now, "state": "running"}
     state = {"trials": [
         {**me, "run_id": "alive"},

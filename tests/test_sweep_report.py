@@ -14,9 +14,11 @@ from matplotlib.image import imread
 
 from conftest import ROOT
 from sweepcnn.errors import UserError
-from sweepcnn.sweep.report import (DPI, Sweep, Trial, load_sweep_folder, parameter_stats, pareto_front, parse_cell,
-                               ranked, write_report)
+from sweepcnn.report.figures import DPI
+from sweepcnn.sweep.analysis import parameter_stats, pareto_front, ranked
 from sweepcnn.sweep.report import report as report_sweep
+from sweepcnn.sweep.report import write_report
+from sweepcnn.sweep.trials import Sweep, Trial, load_sweep_folder, parse_cell
 from wandb_records import records
 
 SWEEP_CONFIG = {
@@ -36,7 +38,8 @@ HEADER = ["trial", "run_id", "state", "val_acc", "epochs_run", "params", "flops"
 
 
 def write_sweep(root: Path, rows: list[dict], config: dict = SWEEP_CONFIG, header: list[str] = HEADER) -> Path:
-    """A sweep folder as sweepcnn.sweep.runner writes it: trials.csv (csv's own rendering of the values), sweep.yaml, runs/."""
+    """A sweep folder as sweepcnn.sweep.folder writes it: trials.csv (csv's own rendering of the values),
+    sweep.yaml, runs/."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with (root / "trials.csv").open("w", newline="") as f:
@@ -294,8 +297,8 @@ def logged_files(wandb_dir: Path, wait: float = 15.0) -> set[str]:
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweepcnn.sweep.report", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sweepcnn.sweep.report", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
 @pytest.mark.parametrize("case", ["missing folder", "no trials.csv"])
@@ -357,7 +360,7 @@ def test_wandb_sweep_runs_become_trials(monkeypatch):
     wandb = pytest.importorskip("wandb")
     from types import SimpleNamespace
 
-    from sweepcnn.sweep.report import load_wandb_sweep
+    from sweepcnn.sweep.trials import load_wandb_sweep
 
     def run(run_id, created, state, summary, lr):
         return SimpleNamespace(id=run_id, created_at=created, state=state, summary_metrics=summary,

@@ -8,10 +8,8 @@ to reclaim the space.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from tqdm import tqdm
 
 from sweepcnn.data.images import BadImageError, load_image
+from sweepcnn.io import atomic_writer, file_lock, write_json
 from sweepcnn.paths import default_cache_dir
 
 FORMAT_VERSION = 1  # bump when load_image's output changes, to invalidate existing caches
@@ -54,8 +53,7 @@ def build_image_cache(
     key = _cache_key(paths, size, channels)
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if not meta.exists():
-        with open(cache_dir / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if this process dies
+        with file_lock(cache_dir / f"{key}.lock"):  # released also if this process dies
             if not meta.exists():  # another process may have built it while we waited
                 _build(paths, size, channels, npy, meta, num_workers, progress)
     info = json.loads(meta.read_text())
@@ -104,10 +102,11 @@ def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, n
     # depend on whether the cache already existed.
     loader = DataLoader(_DecodeChunk(paths, size, channels), sampler=chunks, batch_size=None, num_workers=num_workers,
                         generator=torch.Generator())
-    tmp, n, skipped = npy.with_name(npy.name + ".partial"), 0, []
-    # appending rows with write() is ~1.5x faster than filling a fresh memmap page by page
-    with open(tmp, "wb") as f, tqdm(total=len(paths), desc="decoding images", unit="img",
-                                    disable=None if progress else True) as bar:
+    n, skipped = 0, []
+    # appending rows with write() is ~1.5x faster than filling a fresh memmap page by page; the file is on disk
+    # (fsync'd) and renamed into place before the .json says it is valid, even if the machine crashes
+    with atomic_writer(npy) as f, tqdm(total=len(paths), desc="decoding images", unit="img",
+                                       disable=None if progress else True) as bar:
         shape = (len(paths), channels, size, size)  # bad files leave the last len(skipped) rows unused (zeros)
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
         for x, bad in loader:
@@ -116,14 +115,10 @@ def _build(paths: list[Path], size: int, channels: int, npy: Path, meta: Path, n
             skipped += bad
             bar.update(len(x) + len(bad))
         f.truncate(f.tell() + len(skipped) * channels * size * size)
-        os.fsync(f.fileno())  # on disk before the .json says it is valid, even if the machine crashes
-    os.replace(tmp, npy)
     info = {
         "version": FORMAT_VERSION,
         "shape": [n, channels, size, size],
         "paths": [str(p.absolute()) for p in paths],
         "skipped": skipped,
     }
-    meta_tmp = meta.with_name(meta.name + ".partial")
-    meta_tmp.write_text(json.dumps(info, indent=1))
-    os.replace(meta_tmp, meta)
+    write_json(meta, info, indent=1)

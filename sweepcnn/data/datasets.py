@@ -2,11 +2,10 @@
 
 Every split is an `ImageSet` of uint8 images [C, S, S] read from one pixel array (a memmap of the decoded-image
 cache, or memory for `digits`). Augmentations run on those uint8 tensors; conversion to float and normalisation
-happen on the training device, batched (see `sweepcnn.train.engine.to_device`).
+happen on the training device, batched (see `sweepcnn.train.engine.Batches`).
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -17,36 +16,29 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
 
-from sweepcnn.config import Option
+from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
 from sweepcnn.data.cache import build_image_cache
-from sweepcnn.data.images import is_image_file
+from sweepcnn.data.folders import check_same_classes, class_files, relative
+from sweepcnn.data.splits import stratified_split
 
-AUGMENTATIONS = ("hflip", "vflip", "rotate", "random_resized_crop", "color_jitter", "gaussian_blur", "sharpness",
-                 "autoaugment", "randaugment", "trivialaugment")
 DATA_HELP = ("'digits' (built in, offline), 'inaturalist' (download), a folder with train/ and val/ (val is the "
              "test set), a folder with train/, val/ and test/, or a folder of class folders")
 
-DATA_OPTIONS = {
+DATA_OPTIONS = grouped("data", {
     "data": Option("digits", "dataset: " + DATA_HELP),
     "val_fraction": Option(0.2, "share of train/ held out for validation (stratified)", "float", min=0.05, max=0.5),
     "split_seed": Option(0, "seed of the train/validation(/test) split, fixed across runs and sweep trials", "int",
                          min=0),
     "max_images_per_class": Option(None, "use at most this many images per class and split folder (quick runs)",
                                    "int", min=1, nullable=True),
-    "augmentation": Option(False, "random augmentation of training images", "bool"),
-    "augmentations": Option(["hflip", "rotate", "random_resized_crop", "color_jitter"],
-                            "augmentations used when --augmentation=true", "strs", choices=AUGMENTATIONS),
     "balanced_sampler": Option(False, "sample training images with inverse class frequency", "bool"),
-    "class_weights": Option("none", "cross-entropy class weights: none, or auto (inverse frequency)",
-                            choices=("none", "auto")),
     "strict": Option(False, "fail on unreadable image files instead of skipping and reporting them", "bool"),
     "cache_dir": Option(None, "decoded-image cache folder (default: $SWEEPCNN_CACHE or ~/.cache/sweepcnn)",
                         nullable=True),
     "num_workers": Option(0, "data-loader worker processes", "int", min=0),
-}
+})
 
 
 @contextmanager
@@ -144,7 +136,7 @@ def _digits(size: int, channels: int, seed: int) -> Data:
     pixels = big.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous().numpy()
     labels = digits.target.astype(np.int64)
     names = [f"digits/{i}" for i in range(len(labels))]
-    parts = _split((np.arange(len(labels)), labels, names), (0.8, 0.1, 0.1), seed)
+    parts = stratified_split((np.arange(len(labels)), labels, names), (0.8, 0.1, 0.1), seed)
     sets = [ImageSet(pixels, rows, y, n) for rows, y, n in parts]
     return Data([str(d) for d in digits.target_names], *sets, source="digits",
                 layout="scikit-learn digits, stratified 80/10/10 train/val/test")
@@ -157,23 +149,23 @@ def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> 
     limit = cfg["max_images_per_class"]
     if {"train", "val", "test"} <= subdirs:
         layout = "train/ val/ test/ folders used as given"
-        splits = {s: _class_files(root / s, limit) for s in ("train", "val", "test")}
+        splits = {s: class_files(root / s, limit) for s in ("train", "val", "test")}
     elif {"train", "val"} <= subdirs:
         layout = (f"train/ split {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} into train/val; "
                   "val/ is the test set")
-        splits = {"train": _class_files(root / "train", limit), "test": _class_files(root / "val", limit)}
+        splits = {"train": class_files(root / "train", limit), "test": class_files(root / "val", limit)}
     elif "train" in subdirs:
         raise UserError(f"--data: {root} has train/ but no val/: add val/<class>/ images, or pass {root / 'train'} "
                         "to split its class folders 80/10/10")
     else:
         layout = "class folders, stratified 80/10/10 train/val/test"
-        splits = {"all": _class_files(root, limit)}
-    classes = _check_same_classes(root, splits)
+        splits = {"all": class_files(root, limit)}
+    classes = check_same_classes(root, splits)
 
     files = [path for per_class in splits.values() for c in classes for path in per_class[c]]
     cache = build_image_cache(files, size, channels, Path(cfg["cache_dir"]) if cfg["cache_dir"] else None,
                               num_workers=max(1, min(os.cpu_count() or 1, 4)), progress=progress)
-    skipped = [(_relative(p, root), reason) for p, reason in cache.skipped]
+    skipped = [(relative(p, root), reason) for p, reason in cache.skipped]
     if skipped and cfg["strict"]:
         raise UserError(f"--strict: {len(skipped)} unreadable image file(s) under {root}, first: "
                         f"{skipped[0][0]} ({skipped[0][1]})")
@@ -186,7 +178,7 @@ def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> 
     label_of = {c: i for i, c in enumerate(classes)}
 
     def rows_and_labels(per_class: dict[str, list[Path]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        kept = [(row_of[p], label_of[c], _relative(p, root)) for c in classes for p in per_class[c] if p in row_of]
+        kept = [(row_of[p], label_of[c], relative(p, root)) for c in classes for p in per_class[c] if p in row_of]
         for c in classes:
             if not any(label == label_of[c] for _, label, _ in kept):
                 raise UserError(f"--data: class '{c}' under {root} has no readable images")
@@ -195,106 +187,15 @@ def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> 
 
     seed = cfg["split_seed"]
     if "all" in splits:
-        parts = _split(rows_and_labels(splits["all"]), (0.8, 0.1, 0.1), seed, classes)
+        parts = stratified_split(rows_and_labels(splits["all"]), (0.8, 0.1, 0.1), seed, classes)
     elif "val" in splits:
         parts = [rows_and_labels(splits[s]) for s in ("train", "val", "test")]
     else:
         fraction = cfg["val_fraction"]
-        parts = _split(rows_and_labels(splits["train"]), (1 - fraction, fraction), seed, classes)
+        parts = stratified_split(rows_and_labels(splits["train"]), (1 - fraction, fraction), seed, classes)
         parts.append(rows_and_labels(splits["test"]))
     sets = [ImageSet(cache.pixels, rows, labels, names) for rows, labels, names in parts]
     return Data(classes, *sets, source=str(root), layout=layout, skipped=skipped)
-
-
-def _class_files(folder: Path, limit: int | None) -> dict[str, list[Path]]:
-    """Image files per class folder, sorted; hidden files and folders and non-image files are ignored."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = {}
-    for c in classes:
-        found = []
-        seen = {os.path.realpath(folder / c)}
-        # Symlinked sub-folders are followed (their images count), each real folder once (no symlink loops).
-        for dirpath, dirnames, filenames in os.walk(folder / c, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and
-                           os.path.realpath(os.path.join(dirpath, d)) not in seen]
-            seen.update(os.path.realpath(os.path.join(dirpath, d)) for d in dirnames)
-            found += [Path(dirpath) / f for f in filenames if is_image_file(Path(f))]
-        if not found:
-            raise UserError(f"--data: class folder {folder / c} has no image files "
-                            "(expected .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif files)")
-        files[c] = sorted(found)[:limit]
-    if len(classes) < 2:
-        raise UserError(f"--data: {folder} has {len(classes)} class folder(s); at least two are needed "
-                        "(one sub-folder of images per class)")
-    return files
-
-
-def _check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) -> list[str]:
-    names = list(splits)
-    classes = list(splits[names[0]])
-    for other in names[1:]:
-        missing = sorted(set(classes) - set(splits[other]))
-        extra = sorted(set(splits[other]) - set(classes))
-        if missing or extra:
-            where, what = (root / other, missing[0]) if missing else (root / names[0], extra[0])
-            raise UserError(f"--data: class '{what}' is missing from {where}: every split folder needs the same "
-                            "class folders")
-    return classes
-
-
-Part = tuple[np.ndarray, np.ndarray, list[str]]  # pixel rows, labels, names
-
-
-def _part_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
-    """Images of one class per part: the later parts get their rounded share but at least one, the first the rest."""
-    later = [max(1, math.floor(f * n + 0.5)) for f in fractions[1:]]
-    return [n - sum(later), *later]
-
-
-def _split(whole: Part, fractions: tuple[float, ...], seed: int, classes: list[str] | None = None) -> list[Part]:
-    """Stratified split into len(fractions) parts, reproducible from `seed`; each part keeps the original order.
-    Every class is shuffled and cut in the given fractions with at least one image in every part (done per class
-    because sklearn's train_test_split fails on a class with one image left in the intermediate split)."""
-    rows, labels, names = whole
-    rng = np.random.default_rng(seed)
-    pieces: list[list[int]] = [[] for _ in fractions]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        sizes = _part_sizes(len(members), fractions)
-        if sizes[0] < 1:
-            need = next(n for n in range(len(fractions), 10 * len(fractions)) if _part_sizes(n, fractions)[0] >= 1)
-            name = classes[label] if classes else str(label)
-            raise UserError(f"--data: class '{name}' has only {len(members)} image(s); a stratified split needs at "
-                            f"least {need} per class")
-        bounds = np.cumsum(sizes)[:-1]
-        for piece, part in zip(pieces, np.split(members, bounds)):
-            piece.extend(part.tolist())
-    return [(rows[p], labels[p], [names[i] for i in p]) for p in (np.sort(np.array(q, dtype=int)) for q in pieces)]
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def train_transform(names: list[str], size: int, channels: int) -> v2.Compose:
-    """Random augmentations on uint8 [C, S, S] tensors; each keeps the image size."""
-    color = channels == 3
-    make = {
-        "hflip": lambda: v2.RandomHorizontalFlip(),
-        "vflip": lambda: v2.RandomVerticalFlip(),
-        "rotate": lambda: v2.RandomRotation(10),
-        "random_resized_crop": lambda: v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-        "color_jitter": lambda: v2.ColorJitter(0.3, 0.3, 0.3 if color else 0, 0.05 if color else 0),
-        "gaussian_blur": lambda: v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
-        "sharpness": lambda: v2.RandomAdjustSharpness(2.0, p=0.3),
-        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
-        "randaugment": lambda: v2.RandAugment(),
-        "trivialaugment": lambda: v2.TrivialAugmentWide(),
-    }
-    return v2.Compose([make[name]() for name in names])
 
 
 def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float], list[float]]:
@@ -311,12 +212,6 @@ def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float]
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency cross-entropy weights, n / (K * n_c)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
 def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,

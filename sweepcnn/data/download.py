@@ -11,7 +11,6 @@ Cache layout (under `default_cache_dir()` unless told otherwise):
     nature_12K.zip, nature_12K.zip.sha256   the archive and its hash (the zip may be deleted)
     nature_12K/inaturalist_12K/{train,val}/  the dataset; nature_12K/.complete is written last
 """
-import contextlib
 import hashlib
 import http.client
 import os
@@ -29,12 +28,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sweepcnn.errors import UserError
+from sweepcnn.io import atomic_write, file_lock
 from sweepcnn.paths import default_cache_dir
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock, concurrent first runs are on their own
-    fcntl = None
 
 URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
 SHA256: str | None = None  # not published anywhere we could find; see module docstring
@@ -55,7 +50,7 @@ def download_inaturalist(cache_dir: Path | None = None, url: str | None = None, 
     url = url or os.environ.get("INATURALIST_URL") or URL
     sha256 = (os.environ.get("INATURALIST_SHA256") or SHA256 or "").strip().lower() or None
     # sweep agents on one machine may all start here at once: let one download, the rest wait
-    with _locked(cache_dir / ".nature_12K.lock"):
+    with file_lock(cache_dir / ".nature_12K.lock"):
         if root := _complete_root(out):
             return root
         for stale in cache_dir.glob(".nature_12K.*.tmp"):  # left by a killed extraction
@@ -68,7 +63,7 @@ def download_inaturalist(cache_dir: Path | None = None, url: str | None = None, 
             raise UserError(f"{e} {MANUAL.format(url=url)}") from None
         safe_extract_zip(zip_path, out, progress=progress)
         root = _find_root(out)
-        _write_atomic(out / ".complete", root.relative_to(out).as_posix())
+        atomic_write(out / ".complete", root.relative_to(out).as_posix())
     return root
 
 
@@ -109,7 +104,7 @@ def fetch(url: str, dest: Path, expected_size: int | None = None, sha256: str | 
         part.unlink()
         raise UserError(f"SHA-256 of {dest.name} from {url} is {digest}, expected {sha256}; the file "
                         "was deleted. Run again to download it afresh.")
-    _write_atomic(sidecar, f"{digest}  {dest.name}\n")
+    atomic_write(sidecar, f"{digest}  {dest.name}\n")
     os.replace(part, dest)
     return dest
 
@@ -223,18 +218,3 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield

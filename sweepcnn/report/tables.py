@@ -11,11 +11,13 @@ from typing import Any
 from sweepcnn.io import atomic_writer
 
 
-def format_cell(value: Any) -> str:
+def format_cell(value: Any, thousands: bool = False) -> str:
     """How a value reads in a markdown or HTML table: floats to 4 significant digits, lists and dicts as JSON,
-    None as empty."""
+    None as empty; with `thousands`, integers grouped by thousands (1,234,567: parameter counts)."""
     if value is None:
         return ""
+    if thousands and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, dict)):
@@ -32,9 +34,9 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]])
     return path
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], thousands: bool = False) -> str:
     def cell(value: Any) -> str:
-        return format_cell(value).replace("|", "\\|")
+        return format_cell(value, thousands).replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]) + "\n"

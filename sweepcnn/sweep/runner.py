@@ -11,9 +11,7 @@ again continues the sweep up to --count.
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -26,182 +24,22 @@ import string
 import subprocess
 import sys
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy
-import yaml
 
 from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
-from sweepcnn.tracking import read_history, read_summary
+from sweepcnn.sweep.folder import SweepFolder, metric_of, process_start, reap_lost_trials, write_records
+from sweepcnn.sweep.spec import agent_command, load_sweep, search_engine, swept_names
 
-DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-TERMINAL = ("finished", "stopped", "failed", "crashed")
 POLL_SECONDS = 2.0
 HEARTBEAT_SECONDS = 10.0
-STALE_SECONDS = 120.0  # a trial of another host with no heartbeat for this long has lost its worker
 KILL_DELAY = 30.0  # after SIGTERM, as `wandb agent` waits before SIGKILL
 
 
-# ---------------------------------------------------------------------------------------------------- sweep config
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Read a sweep YAML and apply `key=value` overrides (each becomes a fixed parameter)."""
-    path = Path(path)
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read sweep file {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict) or not sweep["parameters"]:
-        raise UserError(f"{path}: a sweep file needs a `parameters:` mapping")
-    for key in ("program", "method", "metric"):
-        if key not in sweep:
-            raise UserError(f"{path}: `{key}:` is missing")
-    if sweep["method"] not in ("bayes", "random", "grid"):
-        raise UserError(f"{path}: method {sweep['method']!r} is not one of bayes, random, grid")
-    if not isinstance(sweep["metric"], dict) or "name" not in sweep["metric"]:
-        raise UserError(f"{path}: `metric:` needs a name (and a goal: maximize or minimize)")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value")
-        sweep["parameters"][key] = {"value": yaml.safe_load(raw)}
-    try:
-        search_engine().config.SweepConfig(sweep)
-    except Exception as exc:  # jsonschema's ValidationError and friends
-        raise UserError(f"{path}: not a valid sweep config: {str(exc).splitlines()[0]}") from None
-    return sweep
-
-
-def search_engine():
-    """W&B's open-source search engine (the `sweeps` package), imported without its pydantic-v1 config warning."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import sweeps
-            import sweeps.config
-    except ImportError:
-        raise UserError("the `sweeps` package is missing: pip install -r requirements.txt") from None
-    return sweeps
-
-
-def agent_command(sweep: dict, params: dict[str, Any], interpreter: str = sys.executable) -> list[str]:
-    """The command line `wandb agent` runs for one trial (wandb/wandb_agent.py: Agent._command_run with
-    sdk/launch/sweeps/utils.py), except that ${interpreter} is this Python rather than whichever `python` is
-    first on PATH."""
-    flags, no_hyphens, no_booleans, no_equals = [], [], [], []
-    for name, value in params.items():
-        flags.append(f"--{name}={value}")
-        no_hyphens.append(f"{name}={value}")
-        no_equals += [f"--{name}", str(value)]
-        if not isinstance(value, bool):
-            no_booleans.append(f"--{name}={value}")
-        elif value:
-            no_booleans.append(f"--{name}")
-    macros = {"env": ["/usr/bin/env"], "interpreter": [interpreter], "program": [sweep["program"]],
-              "args": flags, "args_no_hyphens": no_hyphens, "args_no_boolean_flags": no_booleans,
-              "args_no_equals": no_equals, "args_json": [json.dumps(params)],
-              "args_append_hydra": ["+" + f for f in no_hyphens], "args_override_hydra": ["++" + f for f in no_hyphens]}
-    command = []
-    for chunk in sweep.get("command") or DEFAULT_COMMAND:
-        chunk = os.path.expandvars(str(chunk)) if not str(chunk).startswith("${") else str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            if chunk[2:-1] not in macros:
-                raise UserError(f"sweep command: macro {chunk} is not supported offline")
-            command += macros[chunk[2:-1]]
-        else:
-            command.append(chunk)
-    return command
-
-
-def swept_names(sweep: dict) -> list[str]:
-    return [k for k, spec in sweep["parameters"].items() if not (isinstance(spec, dict) and set(spec) == {"value"})]
-
-
-def _metric(sweep: dict) -> tuple[str, bool]:
-    return sweep["metric"]["name"], sweep["metric"].get("goal", "minimize") == "maximize"
-
-
-# ---------------------------------------------------------------------------------------------------- shared state
-class SweepFolder:
-    """`state.json` (every trial) guarded by an exclusive POSIX lock, which also works on NFS."""
-
-    def __init__(self, root: Path, sweep: dict):
-        self.root = root
-        self.sweep = sweep
-        self.runs = root / "runs"
-        self.state_path = root / "state.json"
-
-    def create(self, source: Path) -> None:
-        self.runs.mkdir(parents=True, exist_ok=True)
-        with self.locked() as state:
-            if state.get("sweep") not in (None, self.sweep):
-                raise UserError(f"{self.root} holds a different sweep (see its sweep.yaml): pick another --sweep_dir")
-            if state.get("sweep") is None:
-                state.update(sweep=self.sweep, source=str(source), created=time.time(), trials=[])
-                (self.root / "sweep.yaml").write_text(yaml.safe_dump(self.sweep, sort_keys=False))
-
-    @contextmanager
-    def locked(self) -> Iterator[dict]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "a+") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)
-            state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-            before = json.dumps(state, sort_keys=True)
-            yield state
-            if json.dumps(state, sort_keys=True) != before:
-                tmp = self.state_path.with_name(f".state.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(state, indent=1))
-                os.replace(tmp, self.state_path)
-            fcntl.lockf(lock, fcntl.LOCK_UN)
-
-    def history(self, run_id: str) -> list[dict]:
-        return read_history(self.runs / run_id)
-
-    def summary(self, run_id: str) -> dict:
-        return read_summary(self.runs / run_id)
-
-
-def _process_start(pid: int) -> str | None:
-    """When the process started (clock ticks since boot, from /proc), to tell a worker from a later process that
-    reuses its pid; None where /proc is not available or the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return started is None or _process_start(pid) in (None, started)
-
-
-def reap_lost_trials(state: dict, now: float) -> list[dict]:
-    """Mark crashed the running trials whose worker is gone (dead pid on this host, or no heartbeat from another)."""
-    host = socket.gethostname()
-    lost = []
-    for trial in state.get("trials", []):
-        if trial["state"] != "running":
-            continue
-        if trial["host"] == host:
-            gone = not _alive(trial["worker_pid"], trial.get("worker_start"))
-        else:
-            gone = now - trial["heartbeat"] > STALE_SECONDS
-        if gone:
-            trial.update(state="crashed", ended=now, note="its worker died")
-            lost.append(trial)
-    return lost
-
-
+# ---------------------------------------------------------------------------------------------------- suggestions
 def to_sweep_runs(folder: SweepFolder, trials: list[dict]) -> list:
     """Our trials as the `sweeps` engine's runs. A hyperband-stopped trial counts as finished with the metric it
     reached, as on W&B; failed and crashed trials are imputed by the engine (worst metric)."""
@@ -229,6 +67,7 @@ def suggest(folder: SweepFolder, trials: list[dict]) -> dict | None:
 
 
 def should_stop(folder: SweepFolder, trials: list[dict], run_id: str) -> bool:
+    """Whether hyperband (the sweep's `early_terminate`) stops this trial now."""
     if not folder.sweep.get("early_terminate"):
         return False
     return any(run.name == run_id for run in search_engine().stop_runs(folder.sweep, to_sweep_runs(folder, trials)))
@@ -240,42 +79,6 @@ def _new_run_id(taken: set[str]) -> str:
         run_id = "".join(secrets.choice(alphabet) for _ in range(8))
         if run_id not in taken:
             return run_id
-
-
-# ---------------------------------------------------------------------------------------------------- records
-def metric_of(folder: SweepFolder, run_id: str) -> float | None:
-    name, maximize = _metric(folder.sweep)
-    values = [row[name] for row in folder.history(run_id) if isinstance(row.get(name), (int, float))]
-    return (max if maximize else min)(values) if values else None
-
-
-def write_records(folder: SweepFolder, state: dict) -> None:
-    """trials.csv (one row per trial) and best.yaml (the best trial's parameters, a train.py --config file)."""
-    name, maximize = _metric(folder.sweep)
-    swept = swept_names(folder.sweep)
-    extra = ["epochs_run", "params", "flops", "test_acc", "seconds"]
-    rows = []
-    for i, t in enumerate(state["trials"], 1):
-        summary = folder.summary(t["run_id"])
-        seconds = (t.get("ended") or time.time()) - t["started"]
-        rows.append({"trial": i, "run_id": t["run_id"], "state": t["state"], name: t.get("metric"),
-                     "epochs_run": len(folder.history(t["run_id"])), **{k: summary.get(k) for k in extra[1:-1]},
-                     "seconds": round(seconds, 1),
-                     **{k: t["params"].get(k) for k in swept}})
-    tmp = folder.root / ".trials.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["trial", "run_id", "state", name, *extra, *swept])
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    os.replace(tmp, folder.root / "trials.csv")
-
-    scored = [t for t in state["trials"] if t["state"] in ("finished", "stopped") and t.get("metric") is not None]
-    if scored:
-        best = (max if maximize else min)(scored, key=lambda t: t["metric"])
-        header = (f"# best trial of {folder.root}: run {best['run_id']} ({best['state']}), {name} = {best['metric']}\n"
-                  f"# retrain and test it:  python {folder.sweep['program']} --config {folder.root / 'best.yaml'} "
-                  "--test\n")
-        (folder.root / "best.yaml").write_text(header + yaml.safe_dump(best["params"], sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------------- one worker
@@ -345,6 +148,7 @@ def _watch(folder: SweepFolder, proc: subprocess.Popen, run_id: str, poll: float
 
 def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: float = POLL_SECONDS,
            threads: int | None = None) -> None:
+    """Claim and run trials one after another until the sweep has `count` of them (or a grid is exhausted)."""
     folder = SweepFolder(Path(root), sweep)
     # The engine draws from numpy's and Python's global generators; forked workers would share their states and
     # suggest the same configs.
@@ -365,7 +169,7 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
                 return
             trial = {"run_id": _new_run_id({t["run_id"] for t in trials}), "params": params, "state": "running",
                      "host": socket.gethostname(), "worker_pid": os.getpid(),
-                     "worker_start": _process_start(os.getpid()), "started": time.time(),
+                     "worker_start": process_start(os.getpid()), "started": time.time(),
                      "heartbeat": time.time()}
             trials.append(trial)
             number = len(trials)
@@ -394,6 +198,7 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def default_sweep_dir(path: Path, sweep: dict) -> Path:
+    """runs/sweeps/<yaml name>-<hash of the config>: the same command finds the same folder and continues."""
     digest = hashlib.sha256(json.dumps(sweep, sort_keys=True).encode()).hexdigest()[:8]
     return Path("runs") / "sweeps" / f"{path.stem}-{digest}"
 

@@ -8,13 +8,12 @@ Part B's comparison tables from `python -m sweepcnn.report.compare`.
 Online (an API key, and $WANDB_MODE neither offline nor disabled) the report is saved in the project and its URL
 printed. Either way its specification (every block and panel with its settings, as wandb-workspaces holds them) is
 written to JSON (--out; default runs/wandb_report-<project>[-<sweep or group>].json); offline that file is all there
-is, and the command says so. Runs of `python -m sweepcnn.sweep` reach W&B through `wandb sync` as ordinary runs grouped as
-`sweep-<name>`: select them with --group.
+is, and the command says so. Runs of `python -m sweepcnn.sweep` reach W&B through `wandb sync` as ordinary runs
+grouped as `sweep-<name>`: select them with --group.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,21 @@ import yaml
 
 from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
-from sweepcnn.report.run_report import PANEL_KEYS, WANDB_TABLE_KEYS
+from sweepcnn.io import write_json
+from sweepcnn.report.keys import PANEL_KEYS, WANDB_TABLE_KEYS
+from sweepcnn.sweep.spec import metric_goal, swept_names
 from sweepcnn.tracking import resolve_mode
 
 DEFAULT_SWEEP_YAML = Path(__file__).resolve().parents[2] / "sweeps" / "cnn.yaml"
-COMPARE_TABLES = ("strategy_comparison", "model_comparison")  # as sweepcnn.report.compare logs them, with trainable_params
+# The tables sweepcnn.report.compare logs (with the trainable_params figure).
+COMPARE_TABLES = ("strategy_comparison", "model_comparison")
 
 
 def swept_parameters(sweep_yaml: Path) -> tuple[list[str], str]:
     """(the searched parameters, the metric) of a sweep YAML."""
-    from sweepcnn.sweep.runner import swept_names
-
     try:
         config = yaml.safe_load(Path(sweep_yaml).read_text())
-        return swept_names(config), config["metric"]["name"]
+        return swept_names(config), metric_goal(config)[0]
     except FileNotFoundError:
         raise UserError(f"--sweep_yaml: file not found: {sweep_yaml}") from None
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
@@ -46,7 +46,8 @@ def swept_parameters(sweep_yaml: Path) -> tuple[list[str], str]:
 
 def run_filter(sweep: str | None, group: str | None) -> str:
     if sweep and group:
-        raise UserError("give --sweep (a W&B sweep id) or --group (runs synced from `python -m sweepcnn.sweep`), not both")
+        raise UserError("give --sweep (a W&B sweep id) or --group (runs synced from `python -m sweepcnn.sweep`), "
+                        "not both")
     if sweep:
         return f"Sweep = '{sweep}'"
     return f"Group = '{group}'" if group else ""
@@ -113,7 +114,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="default: $WANDB_ENTITY")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"), help="default: $WANDB_PROJECT")
     parser.add_argument("--sweep", help="a W&B sweep id: only its runs")
-    parser.add_argument("--group", help="a run group, e.g. sweep-<name> for runs synced from `python -m sweepcnn.sweep`")
+    parser.add_argument("--group", help="a run group, e.g. sweep-<name> for runs synced from "
+                                        "`python -m sweepcnn.sweep`")
     parser.add_argument("--title", help="default: '<project> sweep report'")
     parser.add_argument("--sweep_yaml", type=Path, default=DEFAULT_SWEEP_YAML,
                         help="the sweep config whose parameters and metric the charts show (default: sweeps/cnn.yaml)")
@@ -127,10 +129,9 @@ def main(argv: list[str]) -> int:
     report = build(args.entity, args.project, title, runs, parameters, metric)
     suffix = f"-{args.sweep or args.group}" if args.sweep or args.group else ""
     out = args.out or Path("runs") / f"wandb_report-{args.project}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     mode = resolve_mode(None)
-    out.write_text(json.dumps({"entity": args.entity, "project": args.project, "filters": runs,
-                               "saved": mode == "online", "report": spec(report)}, indent=2) + "\n")
+    write_json(out, {"entity": args.entity, "project": args.project, "filters": runs, "saved": mode == "online",
+                     "report": spec(report)})
     if mode != "online":
         print(f"W&B is {mode} (no API key, or WANDB_MODE={mode}): the report was not saved; its specification is in "
               f"{out}. Run this command again online to save it.")

@@ -1,35 +1,25 @@
 """Checkpoints written atomically and read with `weights_only=True` (no pickled code is ever executed)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sweepcnn.errors import UserError
+from sweepcnn.io import atomic_writer
 from sweepcnn.runtime import signals_deferred
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader (or a resumed run after a kill at
-    any moment) sees the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with signals_deferred():
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`torch.save` through `sweepcnn.io.atomic_writer`: a reader (or a resumed run after a kill at any moment) sees
+    the old file or the new one, never a torn one. A SIGTERM/SIGINT during the write stops the run after it."""
+    with signals_deferred(), atomic_writer(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's dict, loaded with weights_only=True; a missing or unreadable file is a UserError."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:

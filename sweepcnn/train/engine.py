@@ -1,4 +1,4 @@
-"""Training engine shared by Part A and Part B: optimisers, LR schedules, AMP, early stopping, checkpoints, resume.
+"""Training engine shared by Part A and Part B: the epoch loop, AMP, early stopping, checkpoints, resume, test.
 
 Resume is exact: at the start of every epoch all RNGs (and the loader's generator) are reseeded from (seed, epoch),
 and `last.pt` holds everything else that carries across epochs. A run killed at any moment restarts from its last
@@ -6,42 +6,34 @@ completed epoch and, with --deterministic, ends with the same metrics as an unin
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
-from sweepcnn.config import Option
-from sweepcnn.data.datasets import Data, class_weights, make_loader, train_transform
+from sweepcnn.config import Option, grouped
+from sweepcnn.data.augment import augmented
+from sweepcnn.data.datasets import Data, make_loader
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
+from sweepcnn.train.optim import build_optimizer, build_scheduler
 
 METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
 
-ENGINE_OPTIONS = {
+ENGINE_OPTIONS = grouped("training", {
     "epochs": Option(10, "training epochs", "int", min=0),
     "batch_size": Option(64, "training batch size (evaluation uses twice this)", "int", min=1),
-    "learning_rate": Option(1e-3, "peak learning rate", "float", min=1e-12, max=10),
-    "optimizer": Option("adam", "optimiser", choices=OPTIMIZERS),
-    "momentum": Option(0.9, "momentum for sgd and rmsprop", "float", min=0, max=0.999),
-    "nesterov": Option(False, "Nesterov momentum (sgd)", "bool"),
-    "weight_decay": Option(0.0, "weight decay (decoupled for adamw)", "float", min=0, max=1),
     "label_smoothing": Option(0.0, "label smoothing of the training loss", "float", min=0, max=0.5),
+    "class_weights": Option("none", "cross-entropy class weights: none, or auto (inverse frequency)",
+                            choices=("none", "auto")),
     "grad_clip": Option(None, "clip the gradient norm to this value", "float", min=1e-6, nullable=True),
-    "scheduler": Option("cosine", "learning-rate schedule", choices=SCHEDULERS),
-    "warmup_epochs": Option(0.0, "linear warm-up (cosine; onecycle's rise when > 0)", "float", min=0),
-    "step_size": Option(5, "epochs between decays (step)", "int", min=1),
-    "gamma": Option(0.1, "decay factor (step, exponential per epoch, plateau)", "float", min=1e-6, max=1),
-    "plateau_patience": Option(2, "epochs without improvement before plateau decays the LR", "int", min=0),
     "patience": Option(None, "early stopping: epochs without improvement before stopping", "int", min=1,
                        nullable=True),
     "min_delta": Option(0.0, "early stopping: smallest change that counts as improvement", "float", min=0),
@@ -53,9 +45,8 @@ ENGINE_OPTIONS = {
     "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see README)",
                       "bool"),
     "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
-    "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
     "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
-}
+})
 
 
 @dataclass
@@ -92,55 +83,6 @@ class Phase:
     epochs: int | None  # None: until cfg["epochs"]
     param_groups: Callable[[], list]
     overrides: dict = field(default_factory=dict)
-
-
-def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    lr, wd = cfg["learning_rate"], cfg["weight_decay"]
-    name = cfg["optimizer"]
-    if name == "sgd":
-        if cfg["nesterov"] and cfg["momentum"] == 0:
-            raise UserError("--nesterov=true needs --momentum > 0")
-        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
-    """Returns (scheduler or None, when it steps: 'batch' | 'epoch' | 'plateau')."""
-    name, epochs = cfg["scheduler"], max(cfg["epochs"], 1)
-    total = epochs * steps_per_epoch
-    cycles_momentum = cfg["optimizer"] in ("adam", "adamw") or cfg["momentum"] > 0
-    if name == "none":
-        return None, "epoch"
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
-    if name == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg["gamma"]), "epoch"
-    if name == "cosine":
-        warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "batch"
-    if name == "onecycle":
-        rise = cfg["warmup_epochs"] / epochs if cfg["warmup_epochs"] > 0 else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=min(rise, 0.95), cycle_momentum=cycles_momentum), "batch"
-    if name == "cyclic":
-        return torch.optim.lr_scheduler.CyclicLR(
-            optimizer, base_lr=[g["lr"] / 10 for g in optimizer.param_groups],
-            max_lr=[g["lr"] for g in optimizer.param_groups], step_size_up=max(1, 2 * steps_per_epoch),
-            cycle_momentum=cycles_momentum), "batch"
-    mode = "max" if cfg["monitor"] == "val_acc" else "min"
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg["gamma"],
-                                                      patience=cfg["plateau_patience"]), "plateau"
 
 
 class Batches:
@@ -244,10 +186,17 @@ def place_model(model: nn.Module, cfg: dict, normalization: tuple[list[float], l
     return device, resolve_amp(cfg["amp"], device), Batches(*normalization, device, cfg["channels_last"])
 
 
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency cross-entropy weights, n / (K * n_c)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
 def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
         normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
-        phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Train with validation every epoch, keep the best checkpoint, and (cfg['test']) evaluate it on the test
+        phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None,
+        test: bool = False) -> dict[str, Any]:
+    """Train with validation every epoch, keep the best checkpoint, and (`test`) evaluate it on the test
     split. `log(metrics, epoch)` receives each epoch's metrics. Returns the run summary.
 
     `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
@@ -255,9 +204,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     device, amp, batches = place_model(model, cfg, normalization)
     # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
     net = torch.compile(model) if cfg["compile"] else model
-    channels, size = data.train.pixels.shape[1], data.train.pixels.shape[-1]
-    train_set = data.train.with_transform(
-        train_transform(cfg["augmentations"], size, channels) if cfg["augmentation"] else None)
+    train_set = augmented(data.train, cfg)
     generator = torch.Generator()
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, pin)
@@ -342,18 +289,12 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
                "epochs_run": progress.epoch, "train_seconds": progress.train_seconds,
                "images_per_sec": progress.train_images / progress.train_loop_seconds
                if progress.train_loop_seconds > 0 else None, **(extra or {})}
-    if cfg.get("test"):
+    if test:
         if not best_path.exists():
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
         test_loader = make_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
-        test = evaluate(net, test_loader, batches, amp, desc="test")
-        summary.update(test_acc=test["acc"], test_loss=test["loss"])
-        tqdm.write(f"test (best epoch {progress.best_epoch}): loss {test['loss']:.4f}  acc {test['acc']:.4f}")
+        scores = evaluate(net, test_loader, batches, amp, desc="test")
+        summary.update(test_acc=scores["acc"], test_loss=scores["loss"])
+        tqdm.write(f"test (best epoch {progress.best_epoch}): loss {scores['loss']:.4f}  acc {scores['acc']:.4f}")
     return summary
-
-
-def describe_amp(cfg: dict) -> str:
-    dtype = resolve_amp(cfg["amp"], resolve_device(cfg["device"]))
-    return "off" if dtype is None else str(dtype).removeprefix("torch.")
-

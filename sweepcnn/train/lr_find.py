@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,19 +16,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sweepcnn.config import Option
-from sweepcnn.data.datasets import Data, make_loader, train_transform
-from sweepcnn.train.engine import Phase, build_optimizer, default_phases, place_model
+from sweepcnn.config import Option, grouped
+from sweepcnn.data.augment import augmented
+from sweepcnn.data.datasets import Data, make_loader
 from sweepcnn.runtime import autocast
+from sweepcnn.tracking import active_wandb_run
+from sweepcnn.train.engine import Phase, default_phases, place_model
+from sweepcnn.train.optim import build_optimizer
 
-LR_FIND_OPTIONS = {
+LR_FIND_OPTIONS = grouped("LR range test", {
     "lr_find": Option(False, "run an LR range test instead of training: writes lr_find.png (loss against learning "
                              "rate) and lr_find.csv, and suggests --learning_rate", "bool"),
     "lr_find_min": Option(1e-7, "LR range test: first learning rate", "float", min=1e-12, max=10),
     "lr_find_max": Option(10.0, "LR range test: last learning rate", "float", min=1e-12, max=100),
     "lr_find_steps": Option(100, "LR range test: batches (the training split is cycled if it is shorter)", "int",
                             min=10),
-}
+})
 SMOOTHING = 0.98  # of the exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of the best one
 
@@ -64,13 +66,12 @@ def plot(lrs: list[float], losses: list[float], suggested: float, path: Path) ->
 
 def lr_range_test(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
                   normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
-                  phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None) -> dict:
-    """Uses the first phase's parameters, the config's optimiser, loss, AMP and augmentation. `log` and `resume` are
-    accepted for fit's signature: there are no epochs to log or resume."""
+                  phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None,
+                  test: bool = False) -> dict:
+    """Uses the first phase's parameters, the config's optimiser, loss, AMP and augmentation. `log`, `resume` and
+    `test` are accepted for fit's signature: there are no epochs to log or resume, and no checkpoint to test."""
     device, amp, batches = place_model(model, cfg, normalization)
-    size, channels = data.train.pixels.shape[-1], data.train.pixels.shape[1]
-    train_set = data.train.with_transform(
-        train_transform(cfg["augmentations"], size, channels) if cfg["augmentation"] else None)
+    train_set = augmented(data.train, cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])
     loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, device.type == "cuda")
     optimizer = build_optimizer((phases or default_phases(model))[0].param_groups(), cfg)
@@ -120,9 +121,11 @@ def lr_range_test(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: C
         writer.writerow(["step", "learning_rate", "loss", "smoothed_loss"])
         writer.writerows((i, lr, loss, smooth) for i, (lr, loss, smooth) in enumerate(zip(lrs, raw, losses)))
     plot(lrs, losses, suggested, run_dir / "lr_find.png")
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.run.log({"lr_find": wandb.Image(str(run_dir / "lr_find.png"))})
+    run = active_wandb_run()
+    if run is not None:
+        import wandb
+
+        run.log({"lr_find": wandb.Image(str(run_dir / "lr_find.png"))})
     print(f"lr_find: suggested --learning_rate={suggested:.2e} (steepest fall of the loss); the loss is lowest at "
           f"{at_minimum:.2e}; plot: {run_dir / 'lr_find.png'}")
     return {**(extra or {}), "suggested_lr": suggested, "lr_at_min_loss": at_minimum, "lr_find_steps_run": len(lrs)}

@@ -11,26 +11,33 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from torch import nn
 
-from sweepcnn.config import Option, parse_args, parse_value
+from sweepcnn.config import Option, grouped, parse_args, parse_value
 from sweepcnn.data.datasets import Data, channel_stats, load_data
+from sweepcnn.report.record import write_record
 from sweepcnn.train.engine import Phase, fit
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
                           tune_allocator)
-from sweepcnn.tracking import Tracker, write_json
+from sweepcnn.io import write_json
+from sweepcnn.tracking import Tracker
 
-RUN_OPTIONS = {
+if TYPE_CHECKING:
+    from sweepcnn.report.interpret import Layers
+
+RUN_OPTIONS = grouped("run", {
     "out_dir": Option("runs", "folder that holds one sub-folder per run"),
     "run_name": Option(None, "run folder name (default: date-time plus a random suffix, or the W&B run id under a "
                              "sweep agent)", nullable=True),
     "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
     "resume": Option(False, "continue <out_dir>/<run_name> from its last completed epoch", "bool"),
     "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
-}
+    "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
+})
 # Flags that describe how to run, not what to train: they may differ when a run is resumed.
 _RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "report", "epochs", "num_workers", "device", "compile",
                  "cache_dir", "wandb_mode", "wandb_project", "wandb_entity", "patience"}
@@ -44,6 +51,12 @@ class ModelSpec:
     phases: list[Phase] | None = None  # None: one phase training every parameter with requires_grad
     train_mode: Callable[[], None] | None = None  # runs after model.train() each epoch (see sweepcnn.train.engine.fit)
     run: Callable[..., dict] = fit  # fit, or another function with fit's signature (e.g. an LR range test)
+    # What the shared report and compare need, recorded in run.json (sweepcnn.report.record):
+    layers: Layers | None = None  # filters, Grad-CAM and guided backprop layers (None: first and last Conv2d)
+    identity: dict | None = None  # tells the run apart in comparisons; "model" names the architecture
+    label: str | None = None  # the run in a comparison plot (None: the identity's values but the model)
+    # the part's module-level rebuild(cfg, classes) -> ModelSpec: the model for best.pt, built without downloads
+    rebuild: Callable[[dict, list[str]], ModelSpec] | None = None
 
 
 def _new_run_name() -> str:
@@ -84,12 +97,13 @@ def _write_split(run_dir: Path, data: Data, seed: int, resume: bool) -> None:
     write_json(path, record)
 
 
-def _report(run_dir: Path, model: nn.Module, data: Data, normalization, cfg: dict, tracker: Tracker) -> None:
+def _report(run_dir: Path, spec: ModelSpec, data: Data, normalization, cfg: dict, tracker: Tracker) -> None:
     """The run's results are saved already: a failing report is reported, not fatal."""
     from sweepcnn.report.run_report import build_report
 
     try:
-        print(f"report: {build_report(run_dir, model, data, normalization, cfg, wandb_run=tracker.run)}")
+        page = build_report(run_dir, spec.model, data, normalization, cfg, layers=spec.layers, wandb_run=tracker.run)
+        print(f"report: {page}")
     except Exception as exc:
         traceback.print_exc()
         print(f"warning: the report failed ({type(exc).__name__}: {exc}); training and test results are saved; "
@@ -122,15 +136,16 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
         (run_dir / "config.yaml").write_text(yaml.safe_dump({k: cfg[k] for k in options}, sort_keys=False))
         _write_split(run_dir, data, cfg["split_seed"], cfg["resume"])
         spec = build(cfg, data)
+        write_record(run_dir, spec, size, channels)
         normalization = spec.normalization or channel_stats(data.train)
         skipped = [{"file": f, "reason": r} for f, r in data.skipped]
         summary = {"status": "running", **spec.info, "skipped_files": skipped}
         summary = spec.run(spec.model, data, cfg, run_dir, tracker.log, normalization, resume=cfg["resume"],
-                           extra=summary, phases=spec.phases, train_mode=spec.train_mode)
+                           extra=summary, phases=spec.phases, train_mode=spec.train_mode, test=cfg["test"])
         summary["status"] = "finished"
         tracker.summary(summary)
         if cfg["test"] and cfg["report"] and spec.run is fit:  # spec.model now holds the best checkpoint
-            _report(run_dir, spec.model, data, normalization, cfg, tracker)
+            _report(run_dir, spec, data, normalization, cfg, tracker)
         tracker.finish(0)
         print(f"run folder: {run_dir}")
         return 0

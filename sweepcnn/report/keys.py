@@ -1,0 +1,7 @@
+"""The W&B keys of a run report, each under report/: shared by the report's logging (sweepcnn.report.wandb_log) and
+the W&B report pages (sweepcnn.sweep.wandb_report), which must not start torch to read them."""
+
+# The figures (also the PNG file stems) and the tables (see sweepcnn.report.wandb_log.log_report).
+PANEL_KEYS = ("predictions", "mistakes", "confusion_matrix", "roc_pr", "filters", "curves", "guided_backprop",
+              "gradcam")
+WANDB_TABLE_KEYS = ("per_class_table", "predictions_table", "mistakes_table")

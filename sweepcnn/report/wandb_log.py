@@ -1,0 +1,56 @@
+"""A run report logged to W&B: figures as images, tables as wandb.Tables, charts, and the test metrics."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweepcnn.report.panels import Report
+from sweepcnn.report.predictions import grid_indices, highest_loss, hwc
+from sweepcnn.tracking import active_wandb_run, describe_wandb_run, start_side_run
+
+
+def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_run: bool = False) -> None:
+    """Log into `run`, else into the active W&B run, else (new_run) into a new run that is finished afterwards: job
+    type `report`, grouped with the run's name, in the run's wandb/ folder; mode from $WANDB_MODE, else online with
+    an API key, else offline."""
+    run = run or active_wandb_run()
+    own = run is None and new_run
+    if own:
+        run = start_side_run("report", run_dir, cfg, project=cfg.get("wandb_project"), entity=cfg.get("wandb_entity"),
+                             name=f"{run_dir.name}-report", group=run_dir.name)
+    if run is not None:
+        log_report(run, report)
+    if own:
+        print(describe_wandb_run(run), file=sys.stderr)
+        run.finish()
+
+
+def log_report(run: Any, report: Report) -> None:
+    """Figures as wandb.Image (PNG files: uint8), tables as wandb.Table (with uint8 images), the confusion matrix
+    (and for two classes the ROC and PR curves) as W&B charts, the test metrics in the summary. (wandb.plot.roc_curve
+    and pr_curve would need pandas: the curves come from scikit-learn as line charts.)"""
+    import wandb
+
+    r, classes = report.results, report.classes
+    payload: dict[str, Any] = {f"report/{p.key}": wandb.Image(str(p.path), caption=p.title) for p in report.panels}
+    payload["report/per_class_table"] = wandb.Table(*report.tables["per_class"])
+
+    def image_rows(indices: list[int]) -> list[list[Any]]:
+        return [[wandb.Image(hwc(r.image(i))), classes[int(r.labels[i])], classes[int(r.preds[i])],
+                 float(r.confidence[i]), float(r.losses[i])] for i in indices]
+
+    columns = ["image", "true", "predicted", "confidence", "loss"]
+    grid = [i for rows in grid_indices(r.images.labels, len(classes)) for i in rows]
+    payload["report/predictions_table"] = wandb.Table(columns=columns, data=image_rows(grid))
+    payload["report/mistakes_table"] = wandb.Table(columns=columns, data=image_rows(highest_loss(r)))
+    labels, preds = r.labels.tolist(), r.preds.tolist()
+    payload["report/confusion_matrix_chart"] = wandb.plot.confusion_matrix(y_true=labels, preds=preds,
+                                                                          class_names=classes)
+    for key, title in (("roc", "ROC"), ("precision_recall", "precision-recall")):
+        if key in report.tables:
+            columns, rows = report.tables[key]
+            payload[f"report/{key}_chart"] = wandb.plot.line(wandb.Table(columns, rows), *columns,
+                                                             title=f"{title}, positive class {classes[1]}")
+    run.log(payload)
+    run.summary.update({f"report/{k}": v for k, v in report.metrics.items()})
