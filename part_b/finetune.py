@@ -19,7 +19,7 @@ from sweepcnn.data.augment import AUGMENT_OPTIONS
 from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
-from sweepcnn.report.record import parameter_counts
+from sweepcnn.train.record import parameter_counts
 from sweepcnn.train.lr_find import LR_FIND_OPTIONS, lr_range_test
 from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training

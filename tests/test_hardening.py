@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, write_class_folders
+from tests.helpers import ROOT, write_class_folders
 from sweepcnn.config import Option, parse_args
 from sweepcnn.errors import UserError
-from test_images import photo, write_png
+from tests.helpers import photo, write_png
 
 TINY = ["--epochs=1", "--input_size=32", "--base_filters=4", "--dense_neurons=8", "--batch_size=8"]
 

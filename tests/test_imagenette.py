@@ -1,7 +1,7 @@
 """A short end-to-end run on a real photo subset (../shared/data/imagenette; skipped when absent)."""
 import json
 
-from test_train_cli import train
+from tests.helpers import train
 
 
 def test_short_run_on_imagenette_subset_beats_chance(tmp_path, imagenette):

@@ -1,6 +1,6 @@
 import re
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from part_a.train import OPTIONS as PART_A
 from part_b.finetune import OPTIONS as PART_B
 

@@ -4,7 +4,7 @@ run) and a plot of validation accuracy against trainable parameters.
     python -m sweepcnn.report.compare runs/run_a runs/run_b ...          # run folders
     python -m sweepcnn.report.compare runs/sweeps/finetune-1a2b3c4d      # every run under a folder (e.g. a sweep's)
 
-A configuration is what the run's part recorded as its identity in run.json (see sweepcnn.report.record: for
+A configuration is what the run's part recorded as its identity in run.json (see sweepcnn.train.record: for
 part_b/finetune.py the model, weights, strategy, k and schedule; for part_a/train.py the CNN's layers); its
 `model` groups the model table. Runs are ranked by validation accuracy only (the test split never selects anything).
 Writes strategies.csv/.md, models.csv/.md and trainable_params.png into --out (default: <folder>/compare for one
@@ -21,7 +21,7 @@ from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.io import atomic_write
 from sweepcnn.report.figures import figure, save_figure
-from sweepcnn.report.record import default_label, read_record
+from sweepcnn.train.record import default_label, read_record
 from sweepcnn.report.tables import markdown_table, write_csv
 from sweepcnn.tracking import MODES, active_wandb_run, read_history, read_summary, resolve_mode, start_side_run
 

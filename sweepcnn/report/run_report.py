@@ -12,7 +12,7 @@ opens offline. With --wandb (or, from
 Python, into the active W&B run) the figures, tables and charts are logged to W&B as well.
 
 The model is rebuilt by the part that built the run (run.json names its rebuild function, see
-sweepcnn.report.record), which also names the layers to inspect: the first convolution for the filters and the
+sweepcnn.train.record), which also names the layers to inspect: the first convolution for the filters and the
 target of Grad-CAM and guided backpropagation (Part A: the CNN's first and last convolution; Part B: a ResNet's conv1
 and layer4, a ViT's patch embedding and last encoder block's `ln_1`, any other model's first and last Conv2d).
 

@@ -1,5 +1,5 @@
 """A finished run folder read back: its config, its best model rebuilt by the part that built it (named in
-run.json, see sweepcnn.report.record) and its data, split as in training."""
+run.json, see sweepcnn.train.record) and its data, split as in training."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import yaml
 from sweepcnn.data.datasets import Data, load_data
 from sweepcnn.errors import UserError
 from sweepcnn.report.predictions import Normalization
-from sweepcnn.report.record import RECORD, load_rebuild, read_record
+from sweepcnn.train.record import RECORD, load_rebuild, read_record
 from sweepcnn.train.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:

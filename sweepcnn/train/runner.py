@@ -18,7 +18,7 @@ from torch import nn
 
 from sweepcnn.config import Option, grouped, parse_args, parse_value
 from sweepcnn.data.datasets import Data, channel_stats, load_data
-from sweepcnn.report.record import write_record
+from sweepcnn.train.record import write_record
 from sweepcnn.train.engine import Phase, fit
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
@@ -51,7 +51,7 @@ class ModelSpec:
     phases: list[Phase] | None = None  # None: one phase training every parameter with requires_grad
     train_mode: Callable[[], None] | None = None  # runs after model.train() each epoch (see sweepcnn.train.engine.fit)
     run: Callable[..., dict] = fit  # fit, or another function with fit's signature (e.g. an LR range test)
-    # What the shared report and compare need, recorded in run.json (sweepcnn.report.record):
+    # What the shared report and compare need, recorded in run.json (sweepcnn.train.record):
     layers: Layers | None = None  # filters, Grad-CAM and guided backprop layers (None: first and last Conv2d)
     identity: dict | None = None  # tells the run apart in comparisons; "model" names the architecture
     label: str | None = None  # the run in a comparison plot (None: the identity's values but the model)

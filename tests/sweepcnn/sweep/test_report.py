@@ -12,14 +12,14 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from sweepcnn.errors import UserError
 from sweepcnn.report.figures import DPI
 from sweepcnn.sweep.analysis import parameter_stats, pareto_front, ranked
 from sweepcnn.sweep.report import report as report_sweep
 from sweepcnn.sweep.report import write_report
 from sweepcnn.sweep.trials import Sweep, Trial, load_sweep_folder, parse_cell
-from wandb_records import records
+from tests.wandb_records import records
 
 SWEEP_CONFIG = {
     "program": "part_a/train.py", "method": "bayes", "metric": {"name": "val_acc", "goal": "maximize"},

@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, write_class_folders
+from tests.helpers import ROOT, write_class_folders
 from sweepcnn.errors import UserError
 from sweepcnn.report.compare import compare
-from sweepcnn.report.record import RECORD, write_record
+from sweepcnn.train.record import RECORD, write_record
 from part_a import part as part_a
 from part_b import part as part_b
 from part_b.predict import Predictor, image_files
 from part_b.predict import predict as predict_rows
-from wandb_records import history_and_summary
+from tests.wandb_records import history_and_summary
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, read_metrics, run_script, write_class_folders
+from sweepcnn.tracking import read_history
+from tests.helpers import ROOT, run_script, write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.train.engine import METRIC
 from sweepcnn.train.lr_find import suggest
@@ -61,7 +62,7 @@ def test_fine_tune_schedule_trains_the_head_first_and_resumes_across_the_phase_c
     # phase 1 trained the head alone: every backbone weight and BatchNorm statistic is still the pretrained one
     assert all(torch.equal(after_head_phase[k], pretrained[k]) for k in backbone)
     finetune("--resume", "--run_name=split", f"--out_dir={tmp_path}", "--epochs=2")
-    whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
+    whole, split = read_history(tmp_path / "whole"), read_history(tmp_path / "split")
     timing = ("epoch_seconds", "images_per_sec")
     assert [{k: v for k, v in r.items() if k not in timing} for r in whole] == \
            [{k: v for k, v in r.items() if k not in timing} for r in split]

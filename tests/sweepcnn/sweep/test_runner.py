@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, write_class_folders
+from tests.helpers import ROOT, write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
 from sweepcnn.train.engine import METRIC

@@ -11,15 +11,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, read_metrics, run_script, write_class_folders
-from wandb_records import history_and_summary
-
-FAST = ["--input_size=32", "--base_filters=8", "--dense_neurons=32", "--batch_size=64"]
-
-
-def train(*args, env=None, check=True, timeout=300):
-    return run_script("part_a/train.py", *args, env=env, check=check, timeout=timeout)
-
+from sweepcnn.tracking import read_history
+from tests.helpers import FAST, ROOT, train, write_class_folders
+from tests.wandb_records import history_and_summary
 
 def test_digits_run_writes_every_artifact(tmp_path):
     train("--data=digits", "--epochs=2", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
@@ -31,7 +25,7 @@ def test_digits_run_writes_every_artifact(tmp_path):
                 "train_seconds"):
         assert key in summary, key
     assert summary["status"] == "finished" and summary["epochs_run"] == 2 and summary["skipped_files"] == []
-    rows = read_metrics(run)
+    rows = read_history(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "learning_rate", "epoch_seconds",
             "images_per_sec"} <= set(rows[0])
@@ -119,12 +113,12 @@ def test_resume_after_kill_is_exact(tmp_path):
     killed = subprocess.Popen([sys.executable, "part_a/train.py", *args, "--run_name=killed"], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "killed"
-    _wait_for(run / "metrics.jsonl", lambda: len(read_metrics(run)) >= 1 and (run / "last.pt").exists())
+    _wait_for(run / "metrics.jsonl", lambda: len(read_history(run)) >= 1 and (run / "last.pt").exists())
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["status"] != "finished"
     train("--resume", "--run_name=killed", f"--out_dir={tmp_path}")
-    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(run)
+    whole, resumed = read_history(tmp_path / "whole"), read_history(run)
     drop = ("epoch_seconds", "images_per_sec")
     assert [{k: v for k, v in r.items() if k not in drop} for r in whole] == \
            [{k: v for k, v in r.items() if k not in drop} for r in resumed]
@@ -137,14 +131,14 @@ def test_sigterm_saves_and_finishes_the_offline_wandb_run(tmp_path):
                              "--run_name=r", *FAST], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "WANDB_MODE": "offline"})
     run = tmp_path / "r"
-    _wait_for(run / "metrics.jsonl", lambda: len(read_metrics(run)) >= 2)
+    _wait_for(run / "metrics.jsonl", lambda: len(read_history(run)) >= 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "--resume --run_name=r" in err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"].startswith("interrupted")
-    logged = len(read_metrics(run))
+    logged = len(read_history(run))
     assert torch.load(run / "last.pt", weights_only=True)["progress"]["epoch"] >= logged - 1
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
@@ -213,5 +207,5 @@ def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(tmp_p
         assert proc.returncode == -signal.SIGKILL, err[-2000:]  # killed, not finished or failed on a torn file
     train(*args, "--run_name=killed", *(["--resume"] if (run / "config.yaml").exists() else []))
     drop = ("epoch_seconds", "images_per_sec")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "whole")] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(run)]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_history(tmp_path / "whole")] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in read_history(run)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 PACKAGES = ("sweepcnn", "part_a", "part_b")
 RECORD_READERS = ("sweepcnn/report/",)

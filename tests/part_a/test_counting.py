@@ -4,18 +4,17 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sweepcnn.errors import UserError
+from tests.helpers import ROOT
 from part_a.counting import count_cnn
 from part_a.counting import main as counting_main
 from part_a.model import ACTIVATIONS, build_cnn
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_class_folders
+from tests.helpers import write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.data.augment import AUGMENT_OPTIONS, AUGMENTATIONS, augmented, train_transform
 from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data

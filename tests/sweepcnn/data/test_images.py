@@ -1,6 +1,4 @@
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +9,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from sweepcnn.data.images import BadImageError, is_image_file, load_image
+from tests.helpers import photo, write_png
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def write_png(path: Path, w: int, h: int, depth: int, color_type: int, rows: bytes) -> Path:
-    """A PNG written by hand, for what Pillow cannot save (16-bit RGB) or should not allocate (a huge IHDR)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
-    chunks = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
-    return path
 
 
 def stripes(w: int, h: int, colors) -> Image.Image:
@@ -33,13 +20,6 @@ def stripes(w: int, h: int, colors) -> Image.Image:
     for k, c in enumerate(colors):
         im.paste(c, (k * w // len(colors), 0, (k + 1) * w // len(colors), h))
     return im
-
-
-def photo(w: int, h: int) -> Image.Image:
-    """Smooth, photo-like content (JPEG-friendly)."""
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    a = np.stack([np.sin(6 * x) * 0.5 + 0.5, np.cos(4 * y) * 0.5 + 0.5, x * y], -1)
-    return Image.fromarray((a * 255).astype(np.uint8))
 
 
 def near(t: torch.Tensor, color, tol: int = 12) -> bool:
