@@ -1,7 +1,11 @@
+import subprocess
+import sys
+
 import pytest
 
 from sweepcnn.config import Option, grouped, load_yaml_config, parse_args, parse_value
 from sweepcnn.errors import UserError
+from tests.helpers import ROOT
 
 OPTIONS = {
     "epochs": Option(10, "epochs", "int", min=0),
@@ -116,3 +120,12 @@ def test_none_as_a_choice_is_a_value_not_null():
     assert parse_value("scheduler", opt, "none") == "none"
     with pytest.raises(UserError, match="a value is required"):
         parse_value("scheduler", opt, None)
+
+
+def test_help_piped_into_a_reader_that_stops_early_is_no_traceback():
+    proc = subprocess.Popen([sys.executable, "part_a/train.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head` does once it has its lines
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in stderr, stderr
