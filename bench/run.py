@@ -12,6 +12,14 @@
 - hyperband_epoch_fraction, hyperband_best_gap: the same grid of trials swept offline with and without hyperband;
   the share of epochs trained, and the best val_acc without minus with (in points).
 - bf16_acc_gap: final val_acc with bf16 autocast minus fp32, per seed, beside the seed-to-seed spread.
+- aug_default_ratio, aug_trivial_ratio: training images/s of the default CNN (224 px, batch 64) with the default
+  augmentation set, and with trivialaugment, over images/s without augmentation: the same model, optimiser and
+  batches in one process, interleaved epoch by epoch (none, default, trivial, none, ...), the median of the rounds'
+  ratios. aug_loader_over_model: the loader plus the default augmentation alone over training with it.
+- on CUDA also gpu_*: images/s of the default CNN at 224 with and without augmentation (data on the GPU), and of
+  resnet50 fine-tuning the head alone and the whole network (ImageNet weights, or random ones where absent).
+
+    python bench/run.py --only augmentation   # the augmentation and GPU measurements alone
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -28,9 +37,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from sweepcnn.data.datasets import DATA_OPTIONS, load_data, make_loader
+from sweepcnn.data.augment import AUGMENT_OPTIONS, Augment
+from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data, make_loader
 from sweepcnn.runtime import autocast, resolve_amp, tune_allocator
+from sweepcnn.train.engine import Batches, train_one_epoch
 from part_a.counting import count_cnn
+from part_a.model import MODEL_OPTIONS, build_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +56,9 @@ def sh(command: list[str], env: dict | None = None) -> str:
     return out.stdout
 
 
-def train(out: Path, name: str, *flags: str, env: dict | None = None) -> tuple[list[dict], dict]:
-    sh([sys.executable, "part_a/train.py", f"--out_dir={out}", f"--run_name={name}", "--wandb_mode=disabled", *flags],
+def train(out: Path, name: str, *flags: str, env: dict | None = None, script: str = "part_a/train.py"
+          ) -> tuple[list[dict], dict]:
+    sh([sys.executable, script, f"--out_dir={out}", f"--run_name={name}", "--wandb_mode=disabled", *flags],
        env={"TQDM_DISABLE": "1", **(env or {})})
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return rows, json.loads((out / name / "summary.json").read_text())
@@ -129,19 +142,10 @@ def bf16_gap(out: Path, flags: list[str], seeds: list[int]) -> dict:
             "bf16_acc_gap": sum(gaps) / len(gaps), "fp32_seed_spread": spread}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
-    parser.add_argument("--data", default=str(IMAGENETTE), help="an image folder in the iNaturalist layout")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the benchmark's runs go")
-    args = parser.parse_args()
-    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True)
-    data = Path(args.data)
-    per_class = 20 if args.quick else 120
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "torch": torch.__version__, "quick": args.quick}
-    if (data / "train").is_dir():
+def speed_and_accuracy(data: Path, found: bool, per_class: int, out: Path, quick: bool) -> dict:
+    """The measurements before the augmentation ones: speed, GFLOP/s and loader (imagenette), hyperband, bf16."""
+    results: dict = {}
+    if found:
         results.update(epoch_speedup(data, per_class, out))
         flops = count_cnn({"input_size": 224})["flops"]
         results["train_gflops"] = 3 * flops * results["ours_images_per_s"] / 1e9
@@ -149,24 +153,115 @@ def main() -> None:
         results["train_gflops_ratio"] = results["train_gflops"] / results["conv_ceiling_gflops"]
         results["loader_images_per_s"] = loader_speed(data, per_class)
         results["loader_over_model"] = results["loader_images_per_s"] / results["ours_images_per_s"]
-        bf16_flags = [f"--data={data}", f"--max_images_per_class={40 if args.quick else 150}", "--input_size=128",
-                      f"--epochs={2 if args.quick else 6}"]
+        bf16_flags = [f"--data={data}", f"--max_images_per_class={40 if quick else 150}", "--input_size=128",
+                      f"--epochs={2 if quick else 6}"]
     else:
         print(f"{data} not found: skipping the imagenette measurements (speed, GFLOP/s, loader)")
         bf16_flags = ["--data=digits", "--input_size=32", "--epochs=3"]
-    results.update(hyperband(out, 3 if args.quick else 9, [0.02, 1e-5] if args.quick else [0.02, 0.005, 3e-4, 1e-5]))
-    results.update(bf16_gap(out, bf16_flags, [0] if args.quick else [0, 1]))
+    results.update(hyperband(out, 3 if quick else 9, [0.02, 1e-5] if quick else [0.02, 0.005, 3e-4, 1e-5]))
+    results.update(bf16_gap(out, bf16_flags, [0] if quick else [0, 1]))
     results["bf16_data"] = " ".join(bf16_flags)
+    return results
+
+
+def augmentation_overhead(data: str, per_class: int, rounds: int) -> dict:
+    """aug_default_ratio, aug_trivial_ratio and aug_loader_over_model (see the module docstring), on the CPU."""
+    tune_allocator()
+    cfg = {name: opt.default for name, opt in DATA_OPTIONS.items()}
+    cfg.update(data=data, max_images_per_class=per_class)
+    images = load_data(cfg, 224, 3, progress=False).train
+    model = build_cnn({**{k: o.default for k, o in MODEL_OPTIONS.items()}, "num_classes": len(set(images.labels))})
+    model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    optimizer, loss = torch.optim.Adam(model.parameters(), lr=1e-4), torch.nn.CrossEntropyLoss()
+    scaler, amp = torch.amp.GradScaler("cpu", enabled=False), resolve_amp("auto", device)
+    plain = Batches(*channel_stats(images), device, True)
+    generator = torch.Generator().manual_seed(0)
+    configs = {"none": plain,
+               "default": plain.augmented(Augment(AUGMENT_OPTIONS["augmentations"].default, 3), generator),
+               "trivial": plain.augmented(Augment(["trivialaugment"], 3), generator)}
+    loader = make_loader(images, 64, True, cfg, torch.Generator().manual_seed(0), False)
+
+    def speed(batches: Batches) -> float:
+        return train_one_epoch(model, loader, batches, amp, optimizer, scaler, loss, None, "epoch", None,
+                               "bench")["images_per_sec"]
+
+    speed(plain)  # warm-up
+    seen = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, batches in configs.items():
+            seen[name].append(speed(batches))
+    start, count = time.perf_counter(), 0
+    for x, y in loader:
+        configs["default"](x, y)
+        count += len(x)
+    loader_speed_ = count / (time.perf_counter() - start)
+    ratio = {name: statistics.median(a / b for a, b in zip(seen[name], seen["none"])) for name in configs}
+    return {"aug_images": len(images), "aug_rounds": rounds,
+            "aug_images_per_s": {name: statistics.median(v) for name, v in seen.items()},
+            "aug_default_ratio": ratio["default"], "aug_trivial_ratio": ratio["trivial"],
+            "aug_loader_images_per_s": loader_speed_,
+            "aug_loader_over_model": loader_speed_ / statistics.median(seen["default"])}
+
+
+def gpu_figures(out: Path, data_flags: list[str], epochs: int) -> dict:
+    """Images/s of the last epoch of each run on CUDA (the data on the GPU where it fits, the default)."""
+    results = {"gpu": torch.cuda.get_device_name(0)}
+    for augmentation in ("false", "true"):
+        rows, _ = train(out, f"gpu_cnn_{augmentation}", *data_flags, f"--epochs={epochs}", "--device=cuda",
+                        f"--augmentation={augmentation}")
+        results[f"gpu_cnn_aug_{augmentation}_images_per_s"] = rows[-1]["images_per_sec"]
+    for strategy in ("all_except_last", "none"):
+        name = f"gpu_resnet50_{'head' if strategy != 'none' else 'full'}"
+        flags = [*data_flags, f"--epochs={epochs}", "--device=cuda", "--model=resnet50", f"--strategy={strategy}",
+                 "--augmentation=true"]
+        try:
+            rows, _ = train(out, name, *flags, script="part_b/finetune.py")
+        except SystemExit:  # no ImageNet weights on this machine (no network): random ones, the same speed
+            rows, _ = train(out, name + "_w", *flags, "--weights=none", script="part_b/finetune.py")
+        results[f"{name}_images_per_s"] = rows[-1]["images_per_sec"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    parser.add_argument("--data", default=str(IMAGENETTE), help="an image folder in the iNaturalist layout")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the benchmark's runs go")
+    parser.add_argument("--only", choices=("all", "augmentation"), default="all",
+                        help="augmentation: only the augmentation overhead (and on CUDA the GPU figures)")
+    args = parser.parse_args()
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    data = Path(args.data)
+    found = (data / "train").is_dir()
+    per_class = 20 if args.quick else 120
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                     "torch": torch.__version__, "quick": args.quick}
+    if args.only == "all":
+        results.update(speed_and_accuracy(data, found, per_class, out, args.quick))
+    if not found:
+        print(f"{data} not found: the augmentation measurements use digits at 224 px")
+    results.update(augmentation_overhead(str(data) if found else "digits", 20 if args.quick else 40,
+                                         3 if args.quick else 5))
+    if torch.cuda.is_available():
+        per_class = 40 if args.quick else 150
+        flags = [f"--data={data}", f"--max_images_per_class={per_class}"] if found else ["--data=digits"]
+        results.update(gpu_figures(out, [*flags, "--input_size=224"], 2 if args.quick else 3))
 
     targets = {"epoch_speedup_vs_naive": (">=", 5), "train_gflops_ratio": (">=", 0.6), "loader_over_model": (">=", 10),
-               "hyperband_epoch_fraction": ("<=", 0.5), "hyperband_best_gap": ("<=", 1.0)}
+               "hyperband_epoch_fraction": ("<=", 0.5), "hyperband_best_gap": ("<=", 1.0),
+               "aug_default_ratio": (">=", 0.9), "aug_trivial_ratio": (">=", 0.8)}
     print(f"\n{'measure':28} {'value':>10}  target")
     for key, (op, bound) in targets.items():
         if key in results:
             ok = results[key] >= bound if op == ">=" else results[key] <= bound
             print(f"{key:28} {results[key]:10.3f}  {op} {bound}  {'met' if ok else 'NOT met'}")
-    print(f"{'bf16_acc_gap':28} {results['bf16_acc_gap']:10.4f}  within the fp32 seed spread "
-          f"({results['fp32_seed_spread']:.4f})")
+    if "bf16_acc_gap" in results:
+        print(f"{'bf16_acc_gap':28} {results['bf16_acc_gap']:10.4f}  within the fp32 seed spread "
+              f"({results['fp32_seed_spread']:.4f})")
+    for key in [k for k in results if k.startswith(("gpu_", "aug_loader"))]:
+        print(f"{key:28} {results[key]}")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
 

@@ -20,7 +20,7 @@ from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
 from sweepcnn.train.record import parameter_counts
-from sweepcnn.train.lr_find import LR_FIND_OPTIONS, lr_range_test
+from sweepcnn.train.lr_find import LR_FIND_OPTIONS, check_range, lr_range_test
 from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
@@ -47,7 +47,9 @@ FINETUNE_OPTIONS = {
                                "it (1: off; 0.65-0.75 for ViT)", "float", min=0.05, max=1),
     "schedule": Option("single", "single: the strategy from the first epoch; fine_tune: the head alone for "
                                  "--freeze_epochs, then the strategy at fine_tune_lr_mult times the learning rates "
-                                 "with a one-cycle schedule (fastai's fine_tune)", choices=("single", "fine_tune")),
+                                 "with a one-cycle schedule (fastai's fine_tune); more --epochs on --resume extend "
+                                 "the one-cycle phase (re-planned as --scheduler onecycle is)",
+                       choices=("single", "fine_tune")),
     "freeze_epochs": Option(1, "fine_tune: epochs that train the head alone (part of --epochs)", "int", min=1),
     "fine_tune_lr_mult": Option(0.5, "fine_tune: learning-rate factor after unfreezing", "float", min=1e-6, max=10),
     "input_size": Option(None, "square input side in pixels (default: the weights' own, e.g. 224)", "int", min=8,
@@ -96,6 +98,7 @@ class FineTune:
         self.backbone: Backbone | None = None
 
     def prepare(self, cfg: dict) -> tuple[int, int]:
+        check_range(cfg)
         if cfg["strategy"] not in ("first_k", "all_except_k") and cfg["k"] is not None:
             print(f"note: --k is ignored by --strategy {cfg['strategy']}", file=sys.stderr)
         if cfg["schedule"] == "fine_tune":
@@ -163,7 +166,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(dry_run(cfg)))
         return 0
     job = FineTune()
-    return run_training(argv, OPTIONS, prog=prog, description=description, prepare=job.prepare, build=job.build)
+    return run_training(argv, OPTIONS, prog=prog, description=description, prepare=job.prepare, build=job.build,
+                        job_type="finetune")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from sweepcnn.errors import UserError
+from sweepcnn.train.checkpoint import unreadable
 from part_b.blocks import Layout, layout_for
 
 LITE0 = "efficientnet_lite0"
@@ -104,9 +105,11 @@ def _read_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or truncated files
-        raise UserError(f"--weights: cannot read {path} as a state dict: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--weights: {path} is {unreadable(path, exc)}: expected a state dict (parameter names to "
+                        "tensors), saved with torch.save(model.state_dict(), path)") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--weights: {path} is not a state dict (a mapping of parameter names to tensors)")
+        raise UserError(f"--weights: {path} is a {type(state).__name__} but not a state dict: expected a mapping of "
+                        "parameter names to tensors, saved with torch.save(model.state_dict(), path)")
     return state
 
 
@@ -114,10 +117,22 @@ def _hub_file(enum: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
 
 
+def check_patch_multiple(name: str, size: int) -> None:
+    """A ViT (vit_b_16: patch side 16) cuts its input into patches: the input side must be a multiple of the patch."""
+    patch = int(name.rsplit("_", 1)[1])
+    if size % patch:
+        lower, upper = size // patch * patch, (size // patch + 1) * patch
+        nearest = f"sizes are {lower} and {upper}" if lower else f"size is {upper}"
+        raise UserError(f"--input_size={size}: {name} cuts its input into {patch}x{patch} patches, so the input side "
+                        f"must be a multiple of {patch}: the nearest valid {nearest}")
+
+
 def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> tuple[nn.Module, str]:
     if weights is None:
         # Without weights a ViT is built for the input size (its position embeddings depend on it); pretrained
         # ones take their weights' size.
+        if name.startswith("vit_"):
+            check_patch_multiple(name, size)
         kwargs = {"aux_logits": False, "init_weights": True} if name in _NO_AUX else \
             {"image_size": size} if name.startswith("vit_") else {}
         return get_model(name, weights=None, **kwargs), "none"

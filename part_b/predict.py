@@ -78,12 +78,14 @@ class Predictor:
 
 
 def image_files(target: Path) -> tuple[list[Path], Path]:
-    if target.is_file():
+    if target.is_file() or target.is_symlink() and not target.is_dir():
         return [target], target.parent
     if not target.is_dir():
         raise UserError(f"--images: {target} is neither an image file nor a folder")
-    files = sorted(p for p in target.rglob("*") if p.is_file() and is_image_file(p)
-                   and not any(part.startswith(".") for part in p.relative_to(target).parts))
+    # A dangling symlink is listed too (is_file() is false for it): it gets a row with its error, as training lists
+    # it among the skipped files.
+    files = sorted(p for p in target.rglob("*") if (p.is_file() or p.is_symlink() and not p.is_dir())
+                   and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(target).parts))
     if not files:
         raise UserError(f"--images: no image files under {target} (.jpg, .jpeg, .png, .bmp, .gif, .webp, .tif)")
     return files, target

@@ -9,11 +9,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from sweepcnn.errors import UserError
 
 
 @contextmanager
@@ -75,3 +78,25 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, flag: str, create: bool = False) -> None:
+    """A UserError naming `flag` unless a file can be written in `path`. Without `create`, a missing `path` is
+    judged by its nearest existing parent and nothing is created."""
+    target = path if create else _nearest_existing(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        if not target.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(target))
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        where = "" if target == path else f" (at {target})"
+        raise UserError(f"{flag}: cannot write to {path}{where}: {exc.strerror or exc}") from None

@@ -106,8 +106,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+# SIGUSR1: preemption notice by convention (e.g. SLURM --signal=USR1@90); not on Windows.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s is not None)
+
+
 class Interrupted(BaseException):
-    """Raised in the main thread on SIGTERM/SIGINT so the run can save, finish W&B and exit non-zero."""
+    """Raised in the main thread on SIGTERM/SIGINT/SIGUSR1 so the run can save, finish W&B and exit."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -121,14 +125,14 @@ class _Deferral:
 
 def _stop(signum: int) -> NoReturn:
     # Ignore repeats while the run is shutting down, so the clean-up itself is not interrupted.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGTERM/SIGINT arriving inside this block raise Interrupted when it ends. For writes that must not be cut:
+    """SIGTERM/SIGINT/SIGUSR1 arriving inside this block raise Interrupted when it ends. For writes that must not be cut:
     Interrupted raised inside torch.save's zip writer becomes a RuntimeError, and the clean shutdown is lost."""
     _Deferral.depth += 1
     try:
@@ -147,5 +151,5 @@ def install_signal_handlers() -> None:
             return
         _stop(signum)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, handler)

@@ -1,49 +1,78 @@
 """Experiment tracking: W&B (online, offline or disabled) plus the same records written into the run directory.
 
-The mode comes from --wandb_mode, else $WANDB_MODE, else `online` when an API key is configured (`wandb login`
-or $WANDB_API_KEY) and `offline` otherwise, so a run never blocks waiting for a server it cannot reach.
-Offline runs land in `<run_dir>/wandb/` and can be uploaded later with `wandb sync <run_dir>/wandb/offline-run-*`.
+The mode comes from --wandb_mode, else $WANDB_MODE, else W&B's settings files, else `online` when W&B credentials
+are configured and `offline` otherwise (sweepcnn.wandb_auth), so a run never blocks waiting for a server it cannot
+reach. Offline runs land in `<run_dir>/wandb/` and can be uploaded later with
+`wandb sync <run_dir>/wandb/offline-run-*`. W&B conventions: project `sweepcnn` unless one is given, a job type
+(`train`, `finetune`, `report`, `compare`, `sweep-report`), the sweep as group, tags (part, model, strategy), `epoch`
+as the x-axis of the per-epoch metrics, and a summary that holds the best epoch after every epoch.
 """
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+import yaml
+
+from sweepcnn.artifacts import LOG_MODEL, log_model
 from sweepcnn.config import Option, grouped
-from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, write_json
-
-MODES = ("online", "offline", "disabled")
+from sweepcnn.wandb_auth import MODES, chosen_mode, credentials_source, resolve_mode
 
 TRACKING_OPTIONS = grouped("tracking (W&B)", {
-    "wandb_mode": Option(None, "W&B mode (default: $WANDB_MODE, else online if an API key is configured, else "
-                               "offline)", choices=MODES, nullable=True),
-    "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT)", nullable=True),
+    "wandb_mode": Option(None, "W&B mode (default: $WANDB_MODE, else W&B's settings files, else online if W&B "
+                               "credentials are configured, else offline)", choices=MODES, nullable=True),
+    "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT, else sweepcnn; under `wandb agent`, the "
+                                  "sweep's)", nullable=True),
     "wandb_entity": Option(None, "W&B entity, a user or team (default: $WANDB_ENTITY)", nullable=True),
+    "wandb_log_model": Option("best", "model artifacts logged when the run ends (finished or stopped): false, best "
+                                      "(best.pt, aliases best and latest) or all (also last.pt, alias last)",
+                              choices=LOG_MODEL),
 })
+DEFAULT_PROJECT = "sweepcnn"
+# How to run, not what to train: kept out of the W&B config, so they never show up in parameter importance.
+RUNTIME_KEYS = frozenset({"out_dir", "run_name", "resume", "test", "report", "deterministic", "device",
+                          "num_workers", "cache_dir", "compile", "dry_run", "wandb_mode", "wandb_project",
+                          "wandb_entity", "wandb_log_model"})
+# Summary keys that hold the best epoch's value (W&B's default, the last logged value, would hide it).
+BEST_KEYS = ("val_acc", "val_loss")
 
 
 def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+    """Whether W&B credentials are configured, where wandb itself would find them (sweepcnn.wandb_auth)."""
+    return credentials_source() is not None
 
 
-def resolve_mode(flag: str | None) -> str:
-    mode = flag or os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
-    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-    if mode not in MODES:
-        raise UserError(f"WANDB_MODE={mode!r} is not valid: use one of {', '.join(MODES)}")
-    return mode
+def under_agent() -> bool:
+    """Whether `wandb agent` launched this process (it sets WANDB_SWEEP_ID)."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def project_name(flag: str | None) -> str | None:
+    """--wandb_project, else $WANDB_PROJECT, else `sweepcnn`; under an agent, None lets wandb take the sweep's."""
+    return flag or os.environ.get("WANDB_PROJECT") or (None if under_agent() else DEFAULT_PROJECT)
+
+
+def sweep_group() -> str | None:
+    """$WANDB_RUN_GROUP (the offline runner sets sweep-<folder>), else sweep-<id> under `wandb agent`."""
+    if os.environ.get("WANDB_RUN_GROUP"):
+        return os.environ["WANDB_RUN_GROUP"]
+    return f"sweep-{os.environ['WANDB_SWEEP_ID']}" if under_agent() else None
+
+
+def sweep_group_of(source: str | Path) -> str:
+    """The group of a sweep's runs from its folder or W&B path: sweep-<folder name>, as `python -m sweepcnn.sweep`
+    sets it, or sweep-<sweep id>, as training runs under `wandb agent` set it."""
+    return f"sweep-{Path(str(source).rstrip('/')).name}"
+
+
+def wandb_config(cfg: dict) -> dict:
+    """The run config W&B records: everything but the runtime keys."""
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -88,60 +117,149 @@ def active_wandb_run() -> Any:
 def start_side_run(job_type: str, folder: Path, config: dict, *, mode: str | None = None, project: str | None = None,
                    entity: str | None = None, name: str | None = None, group: str | None = None) -> Any:
     """A W&B run for work done after training (a report, a comparison, a sweep report), its files in `folder`.
-    Mode from `mode`, else $WANDB_MODE, else online with an API key, else offline; project and entity from the
-    arguments, else $WANDB_PROJECT and $WANDB_ENTITY. The caller finishes it."""
+    Mode from `mode`, else as a training run's; project and entity from the arguments, else $WANDB_PROJECT (else
+    `sweepcnn`) and $WANDB_ENTITY. The caller finishes it."""
     import wandb
 
-    return wandb.init(project=project or os.environ.get("WANDB_PROJECT"),
-                      entity=entity or os.environ.get("WANDB_ENTITY"), name=name, group=group, job_type=job_type,
-                      dir=str(folder), mode=resolve_mode(mode), config=config)
+    return wandb.init(project=project_name(project), entity=entity or os.environ.get("WANDB_ENTITY"), name=name,
+                      group=group, job_type=job_type, dir=str(folder), mode=resolve_mode(mode), config=config)
+
+
+def check_tracking(cfg: dict) -> str:
+    """The run's W&B mode; a UserError (before anything is written) for a bad mode or online without credentials."""
+    return resolve_mode(cfg["wandb_mode"])
+
+
+def warn_agent_offline(mode: str, flag: str | None) -> None:
+    """Under `wandb agent`, a run that does not reach the server leaves the sweep controller blind: say so."""
+    if under_agent() and mode != "online":
+        source = chosen_mode(flag)[1]
+        print(f"warning: W&B mode is {mode} (from {source}) under `wandb agent` (sweep "
+              f"{os.environ['WANDB_SWEEP_ID']}): the sweep controller will never see this run's metrics, so its "
+              "search and early termination run blind; unset WANDB_MODE or run `wandb online`", file=sys.stderr)
+
+
+def _agent_parameters() -> dict:
+    """The parameters `wandb agent` wrote for this run ($WANDB_SWEEP_PARAM_PATH: {name: {value: v}})."""
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not (under_agent() and path and Path(path).is_file()):
+        return {}
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    return {k: v["value"] for k, v in params.items() if isinstance(v, dict) and "value" in v and k != "_wandb"}
 
 
 class Tracker:
-    """Logs per-epoch metrics to `metrics.jsonl` and W&B, and the run summary to `summary.json` and W&B."""
+    """Logs per-epoch metrics to `metrics.jsonl` and W&B, and the run summary to `summary.json` and W&B.
 
-    def __init__(self, run_dir: Path, cfg: dict, run_name: str, resume: bool):
+    W&B records `epoch` as the step of the per-epoch metrics (rows get W&B's own `_step`, so a resumed run or a
+    report logged after the last epoch never collides with an earlier row), and after every epoch the summary's
+    val_acc, val_loss and best_epoch are the best epoch's, so a stopped, interrupted or crashed run keeps its best.
+    W&B cannot resume an offline run (a second offline run of the same id replaces the first when synced), so a
+    resumed offline run first logs the epochs it continues from again: its offline folder holds the whole history.
+    """
+
+    def __init__(self, run_dir: Path, cfg: dict, run_name: str, resume: bool, job_type: str = "train"):
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history = read_history(run_dir) if resume else []
-        self.mode = resolve_mode(cfg["wandb_mode"])
+        self.mode = check_tracking(cfg)
+        self.log_model = cfg.get("wandb_log_model", "best")
+        self.selection = (cfg.get("monitor", "val_acc"), cfg.get("min_delta", 0.0))  # as the engine picks best.pt
+        self.replay = resume and self.mode == "offline"
+        self.final: dict = {}
+        self.defined = {"epoch"}  # metrics declared to W&B in this process
         self.run = None
+        warn_agent_offline(self.mode, cfg["wandb_mode"])
         if self.mode == "disabled":
             return
         import wandb
 
         id_file = run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if resume and id_file.exists() else None
-        under_agent = bool(os.environ.get("WANDB_SWEEP_ID"))
+        agent = under_agent()
         self.run = wandb.init(
-            project=cfg["wandb_project"] or os.environ.get("WANDB_PROJECT"),
-            entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"),
-            name=None if under_agent else run_name, id=None if under_agent else run_id,
-            resume="allow", dir=str(run_dir), config=cfg, mode=self.mode,
+            project=project_name(cfg["wandb_project"]), entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"),
+            name=None if agent else run_name, id=None if agent else run_id, resume="allow", dir=str(run_dir),
+            config=wandb_config(cfg), mode=self.mode, job_type=job_type, group=sweep_group(),
         )
+        self.run.define_metric("epoch")
         id_file.write_text(self.run.id)
 
     def sweep_config(self) -> dict:
-        """Parameters a W&B sweep agent set for this run (they win over the command line)."""
-        return dict(self.run.config) if self.run is not None and self.run.sweep_id else {}
+        """Parameters a W&B sweep agent set for this run (they win over the command line); with W&B disabled, read
+        from the agent's parameter file."""
+        if self.run is None:
+            return _agent_parameters()
+        return dict(self.run.config) if self.run.sweep_id else {}
+
+    def update_config(self, values: dict) -> None:
+        """Config values known only after W&B started (num_classes, from the data)."""
+        if self.run is not None:
+            changed = {k: v for k, v in wandb_config(values).items() if self.run.config.get(k) != v}
+            self.run.config.update(changed, allow_val_change=True)
+
+    def tag(self, rebuild: Callable | None, identity: dict | None) -> None:
+        """Tags: the part that built the model (the package of its rebuild function), the model, the strategy."""
+        if self.run is None:
+            return
+        identity = identity or {}
+        part = rebuild.__module__.split(".")[0] if rebuild is not None else None
+        tags = [str(t) for t in (part, identity.get("model"), identity.get("strategy")) if t]
+        self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
 
     def log(self, metrics: dict, step: int) -> None:
         # A resumed run redoes epochs after its last checkpoint: drop their earlier records.
         if any(row["epoch"] >= step for row in self.history):
             self.history = [row for row in self.history if row["epoch"] < step]
             atomic_write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.history))
+        earlier = list(self.history)
         self.history.append(metrics)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if self.run is not None:
-            self.run.log(metrics, step=step, commit=True)
+        if self.run is None:
+            return
+        if self.replay:
+            for row in earlier:
+                self._log_row(row)
+            self.replay = False
+        self._log_row(metrics)
+        self.run.summary.update(self.best())
+
+    def _log_row(self, row: dict) -> None:
+        for key in row.keys() - self.defined:
+            self.run.define_metric(key, step_metric="epoch", summary="none" if key in BEST_KEYS else None)
+        self.defined |= row.keys()
+        self.run.log(row)
+
+    def best(self) -> dict:
+        """val_acc, val_loss and best_epoch of the best epoch so far, selected as the engine selects best.pt."""
+        from sweepcnn.train.engine import Progress
+
+        progress = Progress()
+        for row in self.history:
+            progress.update(row, *self.selection)
+        best = {key: progress.best_metrics.get(key) for key in BEST_KEYS}
+        return {k: v for k, v in {**best, "best_epoch": progress.best_epoch}.items() if v is not None}
 
     def summary(self, summary: dict) -> None:
         write_json(self.run_dir / "summary.json", summary)
+        self.final = summary
         if self.run is not None:
             self.run.summary.update({k: v for k, v in summary.items() if v is not None})
 
-    def finish(self, exit_code: int = 0) -> None:
+    def mark_preempting(self) -> None:
+        """Tell W&B the run is being preempted: with the non-zero exit that follows, W&B marks it preempted (and
+        a sweep requeues it)."""
         if self.run is not None:
+            self.run.mark_preempting()
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Log the model artifacts of a finished or stopped run (see sweepcnn.artifacts), then finish W&B."""
+        if self.run is not None:
+            if self.final.get("status") in ("finished", "stopped"):
+                try:
+                    log_model(self.run, self.run_dir, self.final, self.log_model)
+                except Exception as exc:  # the run's results are saved: a failed upload must not fail it
+                    print(f"warning: W&B model artifact not logged: {type(exc).__name__}: {exc}", file=sys.stderr)
             self.run.finish(exit_code=exit_code)
             self.run = None

@@ -14,6 +14,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SWEEPCNN_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # offline W&B runs stage their model artifacts for `wandb sync` under WANDB_DATA_DIR (default ~/.local/share)
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path_factory.mktemp("wandb-data")))
 
 
 @pytest.fixture

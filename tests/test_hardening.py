@@ -213,3 +213,51 @@ def test_the_wandb_key_never_reaches_the_run_folder(tmp_path):
     assert any(p.suffix == ".wandb" for p in files)  # the offline W&B run was written
     leaked = [str(p) for p in files if key.encode() in p.read_bytes()]
     assert not leaked and key not in out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------- run-folder corpus
+FRESH_REFUSALS = [  # issue 11's bad invocations of a new run: one error line, and nothing is created
+    ["--out_dir=/proc/x"],
+    ["--out_dir=/sys/kernel"],  # exists, read-only even for root
+    ["--run_name=../../escape"],
+    ["--run_name=a/b"],
+    ["--input_size=31"],
+    ["--data=/nonexistent"],
+    ["--data={photos}", "--cache_dir={a_file}"],
+    ["--data={photos}", "--cache_dir=/proc/x"],
+    ["--data={photos}", "--num_classes=5"],
+]
+RESUME_REFUSALS = [  # ... of a resume of run r: one error line, and config.yaml, checkpoints, metrics stay as they were
+    ["--base_filters=16"],
+    ["--filter_counts_strategy=doubling"],
+    ["--data={photos}"],
+    ["--run_name=../r"],
+    ["--run_name=missing"],
+]
+
+
+def test_bad_run_folder_invocations_exit_2_and_change_nothing(tmp_path):
+    from tests.sweepcnn.train.test_resume import snapshot
+
+    photos = write_class_folders(tmp_path / "photos", per_class=4)
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "runs"
+    fill = {"photos": photos, "a_file": tmp_path / "a_file"}
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "part_a/train.py", *TINY, *(a.format(**fill) for a in args)],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+    for args in FRESH_REFUSALS:
+        run(f"--out_dir={out}", *args)
+        assert not out.exists() and not (tmp_path / "escape").exists(), args
+    good = subprocess.run([sys.executable, "part_a/train.py", *TINY, f"--out_dir={out}", "--run_name=r"], cwd=ROOT,
+                          capture_output=True, text=True)  # a run with config.yaml, checkpoints and metrics
+    assert good.returncode == 0, good.stderr[-2000:]
+    before = snapshot(out)
+    for args in RESUME_REFUSALS:
+        run(f"--out_dir={out}", "--run_name=r", "--resume", *args)
+        assert snapshot(out) == before, args

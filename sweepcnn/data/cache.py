@@ -4,12 +4,17 @@ A cache is `<key>.npy` (rows of uint8 [channels, size, size]) plus `<key>.json` 
 shape) under `cache_dir`. The key hashes the paths in the order given, each file's size and mtime, the image size,
 channels and FORMAT_VERSION, so any change to the file list or a file gives a new key and a fresh build. The .json is
 renamed into place last, so only a finished build is ever found. Old caches are never deleted: clear the directory
-to reclaim the space.
+to reclaim the space. A build's partial file is removed when the build fails; one left by a killed build (its key's
+lock is free) is removed when the next build starts. A full disk is a UserError naming the space needed.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +24,12 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from tqdm import tqdm
 
 from sweepcnn.data.images import BadImageError, load_image
+from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_writer, file_lock, write_json
 from sweepcnn.paths import default_cache_dir
 
 FORMAT_VERSION = 1  # bump when load_image's output changes, to invalidate existing caches
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota
 
 
 @dataclass
@@ -55,12 +62,59 @@ def build_image_cache(
     if not meta.exists():
         with file_lock(cache_dir / f"{key}.lock"):  # released also if this process dies
             if not meta.exists():  # another process may have built it while we waited
-                _build(paths, size, channels, npy, meta, num_workers, progress)
+                remove_stale_partials(cache_dir, key)
+                needed = len(paths) * channels * size * size + 4096  # the .npy (pixels, header) and its .json
+                if shutil.disk_usage(cache_dir).free < needed:
+                    raise UserError(_no_space(cache_dir, len(paths), size, needed))
+                try:
+                    _build(paths, size, channels, npy, meta, num_workers, progress)
+                except OSError as exc:
+                    if exc.errno not in NO_SPACE:
+                        raise
+                    npy.unlink(missing_ok=True)  # written whole but without its .json: never used
+                    raise UserError(_no_space(cache_dir, len(paths), size, needed)) from None
     info = json.loads(meta.read_text())
     bad = dict(info["skipped"])
     good = [p for i, p in enumerate(paths) if i not in bad]
     pixels = np.load(npy, mmap_mode="r")[: len(good)]  # the file has len(bad) unused rows at the end
     return CachedImages(good, [(paths[i], reason) for i, reason in info["skipped"]], pixels)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 / 10 else f"{n / 1024:,.0f} KiB"
+
+
+def _no_space(cache_dir: Path, count: int, size: int, needed: int) -> str:
+    return (f"no space left on the device of the image cache {cache_dir} (or its quota is used up): {count} images "
+            f"at {size} px need about {_size(needed)} there; free space, or set --cache_dir (or "
+            "$SWEEPCNN_CACHE) to a folder with room")
+
+
+def _key_of(partial: Path) -> str:
+    """`.<key>.npy.<random>.tmp` (sweepcnn.io.atomic_writer's temporary file) or `<key>.npy.partial` (older)."""
+    return partial.name.lstrip(".").split(".", 1)[0]
+
+
+def remove_stale_partials(cache_dir: Path, own_key: str) -> None:
+    """Delete partial files of builds that died (a kill or a power loss; a failing build removes its own). The
+    caller holds `own_key`'s lock; any other key's partial is stale when no process holds that key's lock."""
+    for partial in [*cache_dir.glob(".*.npy.*.tmp"), *cache_dir.glob("*.npy.partial")]:
+        key = _key_of(partial)
+        if key == own_key:
+            partial.unlink(missing_ok=True)
+            continue
+        try:
+            fd = os.open(cache_dir / f"{key}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            continue
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            partial.unlink(missing_ok=True)  # while holding the lock: no build of that key can start meanwhile
+        except OSError:  # a build in progress holds it
+            pass
+        finally:
+            os.close(fd)
 
 
 def _cache_key(paths: list[Path], size: int, channels: int) -> str:

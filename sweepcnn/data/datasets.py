@@ -1,15 +1,13 @@
 """Datasets: find the folder layout (or a built-in source), split it, cache decoded pixels, build loaders.
 
 Every split is an `ImageSet` of uint8 images [C, S, S] read from one pixel array (a memmap of the decoded-image
-cache, or memory for `digits`). Augmentations run on those uint8 tensors; conversion to float and normalisation
-happen on the training device, batched (see `sweepcnn.train.engine.Batches`).
+cache, or memory for `digits`). Augmentation, conversion to float and normalisation happen on the training device,
+batched (see `sweepcnn.data.augment` and `sweepcnn.train.engine.Batches`).
 """
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
+from sweepcnn.io import check_writable
+from sweepcnn.paths import default_cache_dir
 from sweepcnn.data.cache import build_image_cache
 from sweepcnn.data.folders import check_same_classes, class_files, relative
 from sweepcnn.data.splits import stratified_split
@@ -28,30 +28,19 @@ DATA_HELP = ("'digits' (built in, offline), 'inaturalist' (download), a folder w
 
 DATA_OPTIONS = grouped("data", {
     "data": Option("digits", "dataset: " + DATA_HELP),
-    "val_fraction": Option(0.2, "share of train/ held out for validation (stratified)", "float", min=0.05, max=0.5),
+    "val_fraction": Option(0.2, "share of train/ held out for validation (stratified) in a train/ + val/ layout; "
+                                "digits and a folder of class folders are split 80/10/10", "float", min=0.05, max=0.5),
     "split_seed": Option(0, "seed of the train/validation(/test) split, fixed across runs and sweep trials", "int",
                          min=0),
-    "max_images_per_class": Option(None, "use at most this many images per class and split folder (quick runs)",
-                                   "int", min=1, nullable=True),
+    "max_images_per_class": Option(None, "use at most this many images per class and split folder (also of "
+                                         "digits; quick runs)", "int", min=1, nullable=True),
     "balanced_sampler": Option(False, "sample training images with inverse class frequency", "bool"),
-    "strict": Option(False, "fail on unreadable image files instead of skipping and reporting them", "bool"),
+    "strict": Option(False, "fail on unreadable image files instead of skipping and reporting them (digits has "
+                            "no files: nothing to skip)", "bool"),
     "cache_dir": Option(None, "decoded-image cache folder (default: $SWEEPCNN_CACHE or ~/.cache/sweepcnn)",
                         nullable=True),
     "num_workers": Option(0, "data-loader worker processes", "int", min=0),
 })
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run per-image work on one thread. Such ops are too small to split, and with anything else running on the
-    cores every parallel region can wait for a scheduler tick: measured here, while other processes were busy, one
-    image's augmentation took 214 ms on 2 threads and 5 ms on 1, and stacking a 64-image batch 0.5 s vs 8 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +50,8 @@ def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Te
 class ImageSet(Dataset):
     """Rows of a uint8 pixel array [N, C, S, S] with labels; `names` identify each image (relative paths)."""
 
-    def __init__(self, pixels: np.ndarray, rows: np.ndarray, labels: np.ndarray, names: list[str],
-                 transform=None):
-        self.pixels, self.rows, self.labels, self.names, self.transform = pixels, rows, labels, names, transform
+    def __init__(self, pixels: np.ndarray, rows: np.ndarray, labels: np.ndarray, names: list[str]):
+        self.pixels, self.rows, self.labels, self.names = pixels, rows, labels, names
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -74,15 +62,10 @@ class ImageSet(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch, (uint8 images [B, C, S, S], int64 labels [B]): one fancy-indexed read of the cache, and
-        the DataLoader's collate passes it on as is (see make_loader)."""
+        the DataLoader's collate passes it on as is (see make_loader). Augmentation happens on the training
+        device, batched (sweepcnn.data.augment)."""
         images = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[indices]]))
-        if self.transform is not None:
-            with one_thread():
-                images = torch.stack([self.transform(image) for image in images])
         return images, torch.from_numpy(self.labels[indices].astype(np.int64))
-
-    def with_transform(self, transform) -> ImageSet:
-        return ImageSet(self.pixels, self.rows, self.labels, self.names, transform)
 
 
 @dataclass
@@ -102,11 +85,19 @@ class Data:
                 "skipped": [{"file": f, "reason": r} for f, r in self.skipped]}
 
 
+def check_cache_dir(cfg: dict) -> None:
+    """A UserError naming --cache_dir unless the decoded-image cache can be written there (before any data is read)."""
+    if cfg["data"] != "digits":  # digits decodes nothing
+        check_writable(Path(cfg["cache_dir"]).expanduser() if cfg["cache_dir"] else default_cache_dir(),
+                       "--cache_dir", create=True)
+
+
 def load_data(cfg: dict, input_size: int, channels: int, progress: bool = True) -> Data:
     """Load `cfg['data']` at `input_size` with `channels` (1 or 3), split per its layout (see DATA_HELP)."""
     source = cfg["data"]
     if source == "digits":
-        return _digits(input_size, channels, cfg["split_seed"])
+        _note_fixed_split(source, cfg["val_fraction"])
+        return _digits(input_size, channels, cfg["split_seed"], cfg["max_images_per_class"])
     if source == "inaturalist":
         from sweepcnn.data.download import download_inaturalist
 
@@ -127,15 +118,24 @@ def count_classes(source: str) -> int:
     return sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _digits(size: int, channels: int, seed: int) -> Data:
+def _note_fixed_split(source: str, val_fraction: float) -> None:
+    if val_fraction != DATA_OPTIONS["val_fraction"].default:
+        print(f"note: --val_fraction={val_fraction:g} is ignored: it splits train/ of a train/ + val/ layout; --data "
+              f"{source} is split 80/10/10 into train/validation/test", file=sys.stderr)
+
+
+def _digits(size: int, channels: int, seed: int, limit: int | None) -> Data:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    small = torch.from_numpy(digits.images).float().mul(255 / 16).unsqueeze(1)  # 8x8 grey levels 0..16
+    labels = digits.target.astype(np.int64)
+    # --max_images_per_class: the first images of each class, as for class folders
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:limit] for c in np.unique(labels)]))
+    small = torch.from_numpy(digits.images[keep]).float().mul(255 / 16).unsqueeze(1)  # 8x8 grey levels 0..16
     big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     pixels = big.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1).contiguous().numpy()
-    labels = digits.target.astype(np.int64)
-    names = [f"digits/{i}" for i in range(len(labels))]
+    labels = labels[keep]
+    names = [f"digits/{i}" for i in keep]
     parts = stratified_split((np.arange(len(labels)), labels, names), (0.8, 0.1, 0.1), seed)
     sets = [ImageSet(pixels, rows, y, n) for rows, y, n in parts]
     return Data([str(d) for d in digits.target_names], *sets, source="digits",
@@ -146,21 +146,22 @@ def _folder(root: Path, cfg: dict, size: int, channels: int, progress: bool) -> 
     if not root.is_dir():
         raise UserError(f"--data: {root} is not a folder: expected {DATA_HELP}")
     subdirs = {p.name for p in root.iterdir() if p.is_dir()}
-    limit = cfg["max_images_per_class"]
     if {"train", "val", "test"} <= subdirs:
         layout = "train/ val/ test/ folders used as given"
-        splits = {s: class_files(root / s, limit) for s in ("train", "val", "test")}
+        folders = {s: root / s for s in ("train", "val", "test")}
     elif {"train", "val"} <= subdirs:
         layout = (f"train/ split {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} into train/val; "
                   "val/ is the test set")
-        splits = {"train": class_files(root / "train", limit), "test": class_files(root / "val", limit)}
+        folders = {"train": root / "train", "test": root / "val"}
     elif "train" in subdirs:
         raise UserError(f"--data: {root} has train/ but no val/: add val/<class>/ images, or pass {root / 'train'} "
                         "to split its class folders 80/10/10")
     else:
         layout = "class folders, stratified 80/10/10 train/val/test"
-        splits = {"all": class_files(root, limit)}
-    classes = check_same_classes(root, splits)
+        folders = {"all": root}
+        _note_fixed_split(str(root), cfg["val_fraction"])
+    splits = {role: class_files(folder, cfg["max_images_per_class"]) for role, folder in folders.items()}
+    classes = check_same_classes({folders[role]: files for role, files in splits.items()})
 
     files = [path for per_class in splits.values() for c in classes for path in per_class[c]]
     cache = build_image_cache(files, size, channels, Path(cfg["cache_dir"]) if cfg["cache_dir"] else None,
@@ -217,7 +218,7 @@ def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float]
 def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
                 pin_memory: bool) -> DataLoader:
     """Training loaders shuffle (or sample by inverse class frequency) from `generator`, which the engine reseeds
-    every epoch: shuffling order and worker augmentation seeds then depend only on (seed, epoch)."""
+    every epoch: the shuffling order then depends only on (seed, epoch)."""
     sampler = None
     if train and cfg["balanced_sampler"]:
         per_class = np.bincount(images.labels)

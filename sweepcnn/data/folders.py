@@ -25,20 +25,21 @@ def class_files(folder: Path, limit: int | None) -> dict[str, list[Path]]:
             raise UserError(f"--data: class folder {folder / c} has no image files "
                             "(expected .jpg, .jpeg, .png, .bmp, .gif, .webp or .tif files)")
         files[c] = sorted(found)[:limit]
-    if len(classes) < 2:
-        raise UserError(f"--data: {folder} has {len(classes)} class folder(s); at least two are needed "
-                        "(one sub-folder of images per class)")
     return files
 
 
-def check_same_classes(root: Path, splits: dict[str, dict[str, list[Path]]]) -> list[str]:
-    names = list(splits)
-    classes = list(splits[names[0]])
-    for other in names[1:]:
+def check_same_classes(splits: dict[Path, dict[str, list[Path]]]) -> list[str]:
+    """The classes of the split folders (folder -> class_files of it): at least two, the same in every folder."""
+    first, *others = splits
+    classes = list(splits[first])
+    if len(classes) < 2:
+        raise UserError(f"--data: {first} has {len(classes)} class folder(s); at least two are needed "
+                        "(one sub-folder of images per class)")
+    for other in others:
         missing = sorted(set(classes) - set(splits[other]))
         extra = sorted(set(splits[other]) - set(classes))
         if missing or extra:
-            where, what = (root / other, missing[0]) if missing else (root / names[0], extra[0])
+            where, what = (other, missing[0]) if missing else (first, extra[0])
             raise UserError(f"--data: class '{what}' is missing from {where}: every split folder needs the same "
                             "class folders")
     return classes

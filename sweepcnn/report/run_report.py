@@ -32,6 +32,7 @@ from torch import nn
 from sweepcnn.config import run_cli
 from sweepcnn.data.datasets import Data
 from sweepcnn.errors import ArgumentParser
+from sweepcnn.io import check_writable
 from sweepcnn.report.interpret import Layers
 from sweepcnn.report.page import write_html
 from sweepcnn.report.panels import write_panels
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
     spec, cfg, classes, normalization = load_run_model(args.run_dir)
+    check_writable(args.run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
     data = load_run_data(args.run_dir, cfg, classes)
     page = build_report(args.run_dir, spec.model.to(resolve_device(args.device)), data, normalization, cfg,
                         layers=spec.layers, new_wandb_run=args.wandb)

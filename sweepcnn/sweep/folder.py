@@ -1,6 +1,9 @@
 """A sweep folder shared by its workers: `state.json` (every trial) under one lock, whether a trial's worker is still
 alive, and the records a reader opens: trials.csv (one row per trial) and best.yaml (the best trial's parameters).
 
+Trial states: running, finished, stopped (by hyperband), failed, crashed, and interrupted (Ctrl-C, a dead worker on
+this host, preemption): an interrupted trial is resumed when the sweep runs again.
+
     SWEEP_DIR/sweep.yaml  state.json  lock  trials.csv  best.yaml  runs/<run_id>/
 """
 from __future__ import annotations
@@ -81,21 +84,41 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or process_start(pid) in (None, started)
 
 
-def reap_lost_trials(state: dict, now: float) -> list[dict]:
-    """Mark crashed the running trials whose worker is gone (dead pid on this host, or no heartbeat from another)."""
+def trial_process_alive(trial: dict) -> bool:
+    """Whether the training process of a trial whose worker died may still run (it gets SIGINT then, and saves)."""
+    return (trial.get("pid") is not None and trial["host"] == socket.gethostname()
+            and _alive(trial["pid"], trial.get("pid_start")))
+
+
+def reap_lost_trials(folder: SweepFolder, state: dict, now: float) -> list[dict]:
+    """Settle the running trials whose worker is gone. On this host (the worker's pid is dead) the trial is
+    interrupted, to be resumed, or finished/stopped if its run says it ended so; a trial of another host with no
+    heartbeat for STALE_SECONDS is crashed (its training may be alive, so it is never resumed)."""
     host = socket.gethostname()
     lost = []
     for trial in state.get("trials", []):
         if trial["state"] != "running":
             continue
         if trial["host"] == host:
-            gone = not _alive(trial["worker_pid"], trial.get("worker_start"))
-        else:
-            gone = now - trial["heartbeat"] > STALE_SECONDS
-        if gone:
+            if _alive(trial["worker_pid"], trial.get("worker_start")):
+                continue
+            status = str(folder.summary(trial["run_id"]).get("status", ""))
+            ended = status if status in ("finished", "stopped") and not trial_process_alive(trial) else "interrupted"
+            trial.update(state=ended, ended=trial["heartbeat"], note="its worker died",
+                         metric=metric_of(folder, trial["run_id"]))
+        elif now - trial["heartbeat"] > STALE_SECONDS:
             trial.update(state="crashed", ended=now, note="its worker died")
-            lost.append(trial)
+        else:
+            continue
+        lost.append(trial)
     return lost
+
+
+def logged_keys(folder: SweepFolder, run_id: str) -> list[str]:
+    """The numeric keys a trial logged per epoch or in its summary, for a metric that matches none of them."""
+    rows = [*folder.history(run_id), folder.summary(run_id)]
+    return sorted({k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not
+                   isinstance(v, bool)})
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -113,7 +136,7 @@ def write_records(folder: SweepFolder, state: dict) -> None:
     rows = []
     for i, t in enumerate(state["trials"], 1):
         summary = folder.summary(t["run_id"])
-        seconds = (t.get("ended") or time.time()) - t["started"]
+        seconds = t.get("elapsed", 0.0) + (t.get("ended") or time.time()) - t["started"]  # over its resumes
         rows.append([i, t["run_id"], t["state"], t.get("metric"), len(folder.history(t["run_id"])),
                      *(summary.get(k) for k in RECORD_COLUMNS[1:-1]), round(seconds, 1),
                      *(t["params"].get(k) for k in swept)])

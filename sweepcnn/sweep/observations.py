@@ -114,6 +114,7 @@ def _state_sentences(sweep: Sweep) -> list[str]:
 
     groups = [("stopped", "stopped early", value),
               (("failed", "crashed"), "failed or crashed", lambda t: f"{t.state}, {value(t)}"),
+              ("interrupted", "interrupted (resumed when the sweep runs again)", value),
               ("running", "still running", lambda t: value(t) + (" so far" if t.metric is not None else ""))]
     lines = []
     for states, what, detail in groups:

@@ -13,7 +13,7 @@ from sweepcnn.sweep.analysis import ParamStat, is_log, param_kind
 from sweepcnn.sweep.trials import Sweep, Trial
 
 STATE_STYLE = {"finished": ("o", "tab:blue"), "stopped": ("v", "tab:orange"), "running": ("s", "tab:gray"),
-               "failed": ("x", "tab:red"), "crashed": ("X", "darkred")}
+               "failed": ("x", "tab:red"), "crashed": ("X", "darkred"), "interrupted": ("P", "tab:olive")}
 
 
 def _cmap(sweep: Sweep):

@@ -26,7 +26,7 @@ from sweepcnn.sweep.analysis import ParamStat, param_kind, parameter_stats, pare
 from sweepcnn.sweep.observations import observations, plural
 from sweepcnn.sweep.plots import plot_importance, plot_metric_vs_trial, plot_parallel_coordinates, plot_pareto
 from sweepcnn.sweep.trials import Sweep, Trial, load
-from sweepcnn.tracking import active_wandb_run, describe_wandb_run, start_side_run
+from sweepcnn.tracking import active_wandb_run, describe_wandb_run, start_side_run, sweep_group_of
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -117,7 +117,8 @@ def log_to_wandb(report: Report, mode: str | None = None, wandb_dir: str | Path 
     own = run is None
     if own:
         run = start_side_run("sweep-report", Path(wandb_dir or report.out_dir),
-                             {"sweep": report.sweep.source, "metric": report.sweep.metric}, mode=mode)
+                             {"sweep": report.sweep.source, "metric": report.sweep.metric}, mode=mode,
+                             group=sweep_group_of(report.sweep.source))
     payload: dict[str, Any] = {f"sweep_report/{name}": wandb.Image(str(path)) for name, path in report.images.items()}
     for name, (columns, rows) in report.tables.items():
         data = [[_plain(v) for v in row] for row in rows]

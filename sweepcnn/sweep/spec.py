@@ -14,6 +14,8 @@ import yaml
 from sweepcnn.errors import UserError
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+# 0.3.0 has the server's hyperband (wandb/sweeps#99, #108); it pins numpy<2 but runs on numpy 2
+ENGINE_INSTALL = "pip install --no-deps sweeps==0.3.0"
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> dict:
@@ -53,8 +55,12 @@ def search_engine() -> Any:
             warnings.simplefilter("ignore")
             import sweeps
             import sweeps.config
+            from sweeps.config.schema import dereferenced_sweep_config_jsonschema as schema
     except ImportError:
-        raise UserError("the `sweeps` package is missing: pip install -r requirements.txt") from None
+        raise UserError(f"the `sweeps` package is missing: {ENGINE_INSTALL}") from None
+    if "strict" not in schema["definitions"]["hyperband_stopping"]["properties"]:
+        raise UserError(f"the installed `sweeps` engine predates hyperband's strict rule, which the W&B server "
+                        f"applies: {ENGINE_INSTALL}")
     return sweeps
 
 

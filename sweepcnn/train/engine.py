@@ -1,8 +1,9 @@
 """Training engine shared by Part A and Part B: the epoch loop, AMP, early stopping, checkpoints, resume, test.
 
-Resume is exact: at the start of every epoch all RNGs (and the loader's generator) are reseeded from (seed, epoch),
-and `last.pt` holds everything else that carries across epochs. A run killed at any moment restarts from its last
-completed epoch and, with --deterministic, ends with the same metrics as an uninterrupted run.
+Resume is exact: at the start of every epoch all RNGs (and the loader's and the augmentation's generators) are
+reseeded from (seed, epoch), and `last.pt` holds everything else that carries across epochs. A run killed at any
+moment restarts from its last completed epoch and, with --deterministic, ends with the same metrics as an
+uninterrupted run.
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sweepcnn.config import Option, grouped
-from sweepcnn.data.augment import augmented
-from sweepcnn.data.datasets import Data, make_loader
+from sweepcnn.data.augment import Augment, augmenter
+from sweepcnn.data.datasets import Data
+from sweepcnn.data.device_data import device_loader
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
-from sweepcnn.train.optim import build_optimizer, build_scheduler
+from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_scheduler
 
+AUGMENT_SEED = 2**40  # offsets the augmentation generator's seed from the shuffling one's
 METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
 
 ENGINE_OPTIONS = grouped("training", {
@@ -61,6 +64,12 @@ class Progress:
     train_seconds: float = 0.0
     train_images: int = 0  # images seen by the training loops, and their seconds: the run's images/s
     train_loop_seconds: float = 0.0
+    stopped_at: dict | None = None  # early stopping ended the run: {"patience": ..., "epochs": ...} then in force
+
+    def early_stopped(self, patience: int | None, epochs: int) -> bool:
+        """Whether early stopping ended this run and neither --patience nor --epochs was raised since."""
+        return (self.stopped_at is not None and patience is not None and patience <= self.stopped_at["patience"]
+                and epochs <= self.stopped_at["epochs"])
 
     def update(self, metrics: dict, monitor: str, min_delta: float) -> bool:
         value = metrics[monitor]
@@ -86,20 +95,30 @@ class Phase:
 
 
 class Batches:
-    """Moves uint8 batches to the device and normalises them there (one fused pass, in the model's memory format)."""
+    """Moves uint8 batches to the device and normalises them there (one fused pass, in the model's memory format);
+    with an `Augment` (the training batches), augments and normalises them there, drawing from `generator`."""
 
-    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool):
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool,
+                 augment: Augment | None = None, generator: torch.Generator | None = None):
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, device=device).mul(255).view(shape)
         self.std = torch.tensor(std, device=device).mul(255).view(shape)
         self.device, self.channels_last = device, channels_last
+        self.augment, self.generator = augment, generator
+        self.normalization = (mean, std)
+
+    def augmented(self, augment: Augment | None, generator: torch.Generator) -> Batches:
+        """These batches with `augment` (None: as they are) drawing from `generator`."""
+        return Batches(*self.normalization, self.device, self.channels_last, augment, generator)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if self.augment is not None:  # float NCHW: a channels_last model's first convolution converts it in its
+            # own (autocast) precision, cheaper than a float32 copy here
+            return self.augment.normalized(images, self.generator, self.mean.flatten(), self.std.flatten()), labels
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        images = images.float().sub_(self.mean).div_(self.std)
-        return images, labels.to(self.device, non_blocking=True)
+        return images.float().sub_(self.mean).div_(self.std), labels
 
 
 @torch.no_grad()
@@ -192,6 +211,21 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
+def progress_summary(progress: Progress) -> dict[str, Any]:
+    """The summary keys of a run's progress: its best epoch's metrics, epochs run, time and throughput."""
+    best = progress.best_metrics
+    return {"val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"), "best_epoch": progress.best_epoch,
+            "epochs_run": progress.epoch, "train_seconds": progress.train_seconds,
+            "images_per_sec": progress.train_images / progress.train_loop_seconds
+            if progress.train_loop_seconds > 0 else None}
+
+
+def saved_summary(run_dir: Path) -> dict[str, Any]:
+    """progress_summary of the last completed epoch saved in run_dir/last.pt ({} before the first one)."""
+    path = run_dir / "last.pt"
+    return progress_summary(Progress(**load_checkpoint(path)["progress"])) if path.is_file() else {}
+
+
 def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
         normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
         phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None,
@@ -204,11 +238,10 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     device, amp, batches = place_model(model, cfg, normalization)
     # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
     net = torch.compile(model) if cfg["compile"] else model
-    train_set = augmented(data.train, cfg)
-    generator = torch.Generator()
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, pin)
-    val_loader = make_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
+    train_set, generator, augment_generator = data.train, torch.Generator(), torch.Generator()
+    train_batches = batches.augmented(augmenter(cfg, train_set.pixels.shape[1]), augment_generator)
+    train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device)
+    val_loader = device_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
 
     phases = phases or default_phases(model)
     starts = phase_starts(phases)
@@ -238,13 +271,18 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         # At a phase boundary the saved optimiser belongs to the finished phase: the new one starts fresh.
         if state.get("phase", 0) == phase:
             optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
+            # re-planned if --epochs changed the phase's length (see sweepcnn.train.optim)
+            scheduler = restore_scheduler(scheduler, state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
 
     epochs = cfg["epochs"]
-    for epoch in tqdm(range(progress.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
+    first = progress.epoch + 1
+    if progress.early_stopped(cfg["patience"], epochs):
+        tqdm.write(f"early stopping ended this run at epoch {progress.epoch}: nothing more to train (raise --patience "
+                   "or --epochs to train on)")
+        first = epochs + 1
+    for epoch in tqdm(range(first, epochs + 1), desc="epochs", unit="epoch",
                       initial=progress.epoch, total=epochs, disable=None):
         if phase_at(epoch) != phase:
             phase = phase_at(epoch)
@@ -252,9 +290,10 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             tqdm.write(f"phase {phase + 1}/{len(phases)} from epoch {epoch}")
         seed_everything(epoch_seed(cfg["seed"], epoch))
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
+        augment_generator.manual_seed(AUGMENT_SEED + epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[-1]["lr"]
-        train = train_one_epoch(net, train_loader, batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
+        train = train_one_epoch(net, train_loader, train_batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
                                 cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode)
         val = evaluate(net, val_loader, batches, amp, desc="validate")
         metrics = {"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"], "learning_rate": lr}
@@ -272,6 +311,8 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
                          "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
                         best_path)
         progress.epoch = epoch
+        stop = cfg["patience"] is not None and progress.bad_epochs >= cfg["patience"]
+        progress.stopped_at = {"patience": cfg["patience"], "epochs": epochs} if stop else None
         log(metrics, epoch)
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -280,20 +321,16 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
                    f"  val_loss {val['loss']:.4f}  val_acc {val['acc']:.4f}  lr {lr:.2e}"
                    f"  {train['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f}s")
-        if cfg["patience"] is not None and progress.bad_epochs >= cfg["patience"]:
+        if stop:
             tqdm.write(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
             break
 
-    best = progress.best_metrics
-    summary = {"val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"), "best_epoch": progress.best_epoch,
-               "epochs_run": progress.epoch, "train_seconds": progress.train_seconds,
-               "images_per_sec": progress.train_images / progress.train_loop_seconds
-               if progress.train_loop_seconds > 0 else None, **(extra or {})}
+    summary = {**progress_summary(progress), **(extra or {})}
     if test:
         if not best_path.exists():
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
-        test_loader = make_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), pin)
+        test_loader = device_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
         scores = evaluate(net, test_loader, batches, amp, desc="test")
         summary.update(test_acc=scores["acc"], test_loss=scores["loss"])
         tqdm.write(f"test (best epoch {progress.best_epoch}): loss {scores['loss']:.4f}  acc {scores['acc']:.4f}")

@@ -17,8 +17,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sweepcnn.config import Option, grouped
-from sweepcnn.data.augment import augmented
+from sweepcnn.data.augment import augmenter
 from sweepcnn.data.datasets import Data, make_loader
+from sweepcnn.errors import UserError
 from sweepcnn.runtime import autocast
 from sweepcnn.tracking import active_wandb_run
 from sweepcnn.train.engine import Phase, default_phases, place_model
@@ -34,6 +35,13 @@ LR_FIND_OPTIONS = grouped("LR range test", {
 })
 SMOOTHING = 0.98  # of the exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of the best one
+
+
+def check_range(cfg: dict) -> None:
+    """--lr_find_min must be below --lr_find_max (the test sweeps upwards); for a part's prepare."""
+    if cfg["lr_find"] and cfg["lr_find_min"] >= cfg["lr_find_max"]:
+        raise UserError(f"--lr_find_min={cfg['lr_find_min']:g} must be below --lr_find_max={cfg['lr_find_max']:g}: "
+                        "the test raises the learning rate from the first to the last")
 
 
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
@@ -71,9 +79,9 @@ def lr_range_test(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: C
     """Uses the first phase's parameters, the config's optimiser, loss, AMP and augmentation. `log`, `resume` and
     `test` are accepted for fit's signature: there are no epochs to log or resume, and no checkpoint to test."""
     device, amp, batches = place_model(model, cfg, normalization)
-    train_set = augmented(data.train, cfg)
     generator = torch.Generator().manual_seed(cfg["seed"])
-    loader = make_loader(train_set, cfg["batch_size"], True, cfg, generator, device.type == "cuda")
+    loader = make_loader(data.train, cfg["batch_size"], True, cfg, generator, device.type == "cuda")
+    batches = batches.augmented(augmenter(cfg, data.train.pixels.shape[1]), torch.Generator().manual_seed(cfg["seed"]))
     optimizer = build_optimizer((phases or default_phases(model))[0].param_groups(), cfg)
     ratios = [g["lr"] / optimizer.param_groups[-1]["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)

@@ -1,14 +1,26 @@
-"""Optimisers and learning-rate schedules, built from the config (one phase's, see `sweepcnn.train.engine.Phase`)."""
+"""Optimisers and learning-rate schedules, built from the config (one phase's, see `sweepcnn.train.engine.Phase`).
+
+Extending a run (`--resume` with another `--epochs`; Part B's fine_tune: its last phase) continues the schedule:
+- none, step, exponential, cyclic and plateau do not depend on the run's length: they just go on;
+- cosine and onecycle are planned over the phase's length, so they are re-planned from the epoch where the run
+  stopped: a warm-up (cosine) or rise (onecycle) still under way ends where it was planned to; after it, the rest is
+  one cosine from the LR reached down to the schedule's final LR at the new end. If the LR reached is below
+  WARM_RESTART (a tenth) of the peak (the schedule had ended or nearly), the new cosine starts at a tenth of the
+  peak instead: a warm restart as in SGDR, so no epoch trains at LR 0. Onecycle's momentum follows the LR inversely.
+Resuming with the same --epochs restores the saved state unchanged (bit-identical to an uninterrupted run).
+"""
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
+from sweepcnn.train.schedules import Cosine, Replanned, WarmUp, planned_steps, replan
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
@@ -19,8 +31,11 @@ OPTIM_OPTIONS = grouped("optimiser and schedule", {
     "momentum": Option(0.9, "momentum for sgd and rmsprop", "float", min=0, max=0.999),
     "nesterov": Option(False, "Nesterov momentum (sgd)", "bool"),
     "weight_decay": Option(0.0, "weight decay (decoupled for adamw)", "float", min=0, max=1),
-    "scheduler": Option("cosine", "learning-rate schedule", choices=SCHEDULERS),
-    "warmup_epochs": Option(0.0, "linear warm-up (cosine; onecycle's rise when > 0)", "float", min=0),
+    "scheduler": Option("cosine", "learning-rate schedule; with more --epochs on --resume, cosine and onecycle are "
+                                  "re-planned to the new end (a warm restart at 1/10 of the peak if they had ended), "
+                                  "the others continue", choices=SCHEDULERS),
+    "warmup_epochs": Option(0.0, "linear warm-up over this many epochs (onecycle: its rise when > 0) in front of "
+                                 "every schedule but plateau, which ignores it", "float", min=0),
     "step_size": Option(5, "epochs between decays (step)", "int", min=1),
     "gamma": Option(0.1, "decay factor (step, exponential per epoch, plateau)", "float", min=1e-6, max=1),
     "plateau_patience": Option(2, "epochs without improvement before plateau decays the LR", "int", min=0),
@@ -42,37 +57,68 @@ def build_optimizer(params: Iterable, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int
-                    ) -> tuple[torch.optim.lr_scheduler.LRScheduler | ReduceLROnPlateau | None, str]:
+Scheduler = Any  # a torch LR scheduler, ReduceLROnPlateau, or one of sweepcnn.train.schedules
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int) -> tuple[Scheduler | None, str]:
     """Returns (scheduler or None, when it steps: 'batch' | 'epoch' | 'plateau'). The schedule spans cfg["epochs"]
     (a phase's epochs, when the engine trains in phases)."""
     name, epochs = cfg["scheduler"], max(cfg["epochs"], 1)
     total = epochs * steps_per_epoch
+    warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
     cycles_momentum = cfg["optimizer"] in ("adam", "adamw") or cfg["momentum"] > 0
-    if name == "none":
-        return None, "epoch"
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
-    if name == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg["gamma"]), "epoch"
     if name == "cosine":
-        warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "batch"
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, Cosine(warmup, total)), "batch"
     if name == "onecycle":
         rise = cfg["warmup_epochs"] / epochs if cfg["warmup_epochs"] > 0 else 0.3
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
             pct_start=min(rise, 0.95), cycle_momentum=cycles_momentum), "batch"
+    if name == "plateau":
+        if warmup:
+            print("note: --warmup_epochs is ignored by --scheduler plateau (it steps once per epoch, on the "
+                  "validation metric)", file=sys.stderr)
+        mode = "max" if cfg["monitor"] == "val_acc" else "min"
+        return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg["gamma"], patience=cfg["plateau_patience"]), \
+            "plateau"
+    main, step_on = _length_free(optimizer, cfg, steps_per_epoch, cycles_momentum)
+    if not warmup:
+        return main, step_on
+    return WarmUp(optimizer, main, warmup, steps_per_epoch, step_on == "batch"), "batch"
+
+
+def _length_free(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int, cycles_momentum: bool
+                 ) -> tuple[Scheduler | None, str]:
+    """none, step, exponential or cyclic, without a warm-up."""
+    name = cfg["scheduler"]
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"]), "epoch"
+    if name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg["gamma"]), "epoch"
     if name == "cyclic":
         return torch.optim.lr_scheduler.CyclicLR(
             optimizer, base_lr=[g["lr"] / 10 for g in optimizer.param_groups],
             max_lr=[g["lr"] for g in optimizer.param_groups], step_size_up=max(1, 2 * steps_per_epoch),
             cycle_momentum=cycles_momentum), "batch"
-    mode = "max" if cfg["monitor"] == "val_acc" else "min"
-    return ReduceLROnPlateau(optimizer, mode=mode, factor=cfg["gamma"], patience=cfg["plateau_patience"]), "plateau"
+    return None, "epoch"
+
+
+def restore_scheduler(scheduler: Scheduler | None, state: dict | None) -> Scheduler | None:
+    """`scheduler`, freshly built for this phase (after its optimiser's state was loaded), continued from its saved
+    `state`; re-planned when the phase's length changed since (see the module docstring)."""
+    if scheduler is None:
+        return None
+    total = planned_steps(scheduler)
+    if isinstance(state, dict) and "replanned" in state:
+        restored = Replanned(scheduler.optimizer, {})
+        restored.load_state_dict(state)
+    else:
+        if not isinstance(state, dict) or set(state) != set(scheduler.state_dict()):
+            raise UserError("--resume: last.pt holds another kind of learning-rate schedule than this run builds "
+                            "(it was written by another version of this code, or --scheduler/--warmup_epochs "
+                            "differ): resume with the settings and code it was started with, or start a new run")
+        scheduler.load_state_dict(state)
+        restored = scheduler
+    if total is not None and planned_steps(restored) != total:
+        return replan(restored, total)
+    return restored

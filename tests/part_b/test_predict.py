@@ -77,19 +77,21 @@ def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_report
     shutil.copytree(runs["data"] / "cat", images / "cat")
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (images / "notes.txt").write_text("not an image")  # no image extension: ignored
+    (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a dangling symlink: a row with its error
     a, b = runs["runs"] / "seed0" / "best.pt", runs["runs"] / "seed1" / "best.pt"
     files, root = image_files(images)
     single = [{r["file"]: r for r in predict_rows(Predictor([ckpt], torch.device("cpu")), files, root, 5)}
               for ckpt in (a, b)]
     proc = predict("--checkpoints", a, b, "--images", images)
     ensemble = {r["file"]: r for r in rows(proc.stdout)}
-    assert set(ensemble) == {f"cat/img_{i:03d}.jpg" for i in range(12)} | {"broken.jpg"}
+    assert set(ensemble) == {f"cat/img_{i:03d}.jpg" for i in range(12)} | {"broken.jpg", "gone.jpg"}
     assert ensemble["broken.jpg"]["prediction"] == "" and "corrupt" in ensemble["broken.jpg"]["error"]
-    assert "12 of 13 images predicted with 2 model(s)" in proc.stderr
+    assert ensemble["gone.jpg"]["error"] == "cannot read file: No such file or directory"
+    assert "12 of 14 images predicted with 2 model(s)" in proc.stderr
     classes = ["cat", "dog", "owl"]
     differs = 0
     for name, row in ensemble.items():
-        if name == "broken.jpg":
+        if name in ("broken.jpg", "gone.jpg"):
             continue
         for c in classes:
             mean = (single[0][name][f"p_{c}"] + single[1][name][f"p_{c}"]) / 2

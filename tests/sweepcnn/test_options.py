@@ -28,6 +28,9 @@ CROSS_READS = {
                                                  "with its batch size, seed and loss",
     ("sweepcnn/train/lr_find.py", "seed"): "as batch_size",
     ("sweepcnn/train/lr_find.py", "label_smoothing"): "as batch_size",
+    ("sweepcnn/tracking.py", "monitor"): "the W&B summary holds the best epoch after every epoch, selected as the "
+                                         "engine selects best.pt (engine.Progress)",
+    ("sweepcnn/tracking.py", "min_delta"): "as monitor",
 }
 # (declaring module, option): why its declaring module does not read it
 UNREAD = {

@@ -164,3 +164,82 @@ def test_real_photos(tmp_path, imagenette):
     assert c.paths == paths and c.skipped == [] and c.pixels.shape == (50, 3, 64, 64)
     for row in (0, 17, 49):
         assert torch.equal(torch.from_numpy(np.array(c.pixels[row])), load_image(paths[row], 64, 3))
+
+
+def test_a_full_disk_leaves_no_partial_file_and_is_one_line(tmp_path, monkeypatch):
+    import errno
+    from contextlib import contextmanager
+
+    from sweepcnn.errors import UserError
+
+    real_writer = image_cache.atomic_writer
+
+    class FillsUp:  # the .npy file: the disk is full after its header and first chunk
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextmanager
+    def full_disk_writer(path, text=False):
+        with real_writer(path, text) as f:
+            yield FillsUp(f) if str(path).endswith(".npy") else f
+
+    monkeypatch.setattr(image_cache, "atomic_writer", full_disk_writer)
+    with pytest.raises(UserError) as err:
+        build(make_files(tmp_path / "img", n=40), tmp_path / "cache")
+    message = str(err.value)
+    assert "no space left" in message and str(tmp_path / "cache") in message and "about 36 KiB" in message
+    assert "42 images at 16 px" in message and "\n" not in message
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".lock"]  # no partial .npy, no .json
+    monkeypatch.setattr(image_cache, "atomic_writer", real_writer)
+    assert len(build(make_files(tmp_path / "img", n=40), tmp_path / "cache")) == 40  # room again: it builds
+
+
+def test_too_little_free_space_is_refused_before_decoding(tmp_path, monkeypatch, count_decodes):
+    from collections import namedtuple
+
+    from sweepcnn.errors import UserError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(image_cache.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(UserError, match="no space left .* about 13 KiB"):
+        build(make_files(tmp_path / "img"), tmp_path / "cache")
+    assert count_decodes == []
+
+
+def _hold_lock(lock: Path, ready, release) -> None:
+    from sweepcnn.io import file_lock
+
+    with file_lock(lock):
+        ready.set()
+        release.wait(60)
+
+
+def test_stale_partial_files_are_removed_but_not_those_of_a_running_build(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale_new, stale_old = cache / ".aaaa.npy.1234abcd.tmp", cache / "bbbb.npy.partial"  # killed builds
+    running = cache / ".cccc.npy.5678ef01.tmp"
+    for p in (stale_new, stale_old, running):
+        p.write_bytes(b"\0" * 1000)
+    (cache / "aaaa.lock").touch()  # a lock file nobody holds
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(cache / "cccc.lock", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        c = build(make_files(tmp_path / "img"), cache)
+        assert len(c) == 10
+        assert not stale_new.exists() and not stale_old.exists() and running.exists()
+    finally:
+        release.set()
+        holder.join(60)

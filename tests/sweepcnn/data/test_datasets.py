@@ -6,7 +6,6 @@ import torch
 
 from tests.helpers import write_class_folders
 from sweepcnn.config import parse_args
-from sweepcnn.data.augment import AUGMENT_OPTIONS, AUGMENTATIONS, augmented, train_transform
 from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data
 from sweepcnn.train.engine import class_weights
 from sweepcnn.errors import UserError
@@ -144,26 +143,6 @@ def test_digits_builtin_is_real_and_split():
     assert image.shape == (3, 32, 32) and torch.equal(image[0], image[2])
 
 
-def test_augmentations_keep_size_and_dtype():
-    image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
-    names = list(AUGMENTATIONS)
-    for channels in (1, 3):
-        transform = train_transform(names, 48, channels)
-        out = transform(image[:channels])
-        assert out.shape == (channels, 48, 48) and out.dtype == torch.uint8
-
-
-def test_augmented_reads_its_own_flags(tmp_path):
-    data = load_data({**DEFAULTS, "data": "digits"}, 32, 1, progress=False)
-    flags, _ = parse_args([], AUGMENT_OPTIONS)
-    assert augmented(data.train, flags).transform is None  # --augmentation defaults to off
-    on = augmented(data.train, {**flags, "augmentation": True, "augmentations": ["hflip", "rotate"]})
-    assert [type(t).__name__ for t in on.transform.transforms] == ["RandomHorizontalFlip", "RandomRotation"]
-    torch.manual_seed(0)
-    images, labels = on.__getitems__([0, 1])
-    assert images.shape == (2, 1, 32, 32) and images.dtype == torch.uint8 and labels.tolist() == data.train.labels[:2].tolist()
-
-
 def test_channel_stats_and_class_weights(tmp_path):
     write_class_folders(tmp_path, classes=("red", "green"), per_class=10)
     data = _load(tmp_path)
@@ -187,3 +166,19 @@ def test_broken_symlink_is_skipped_and_reported(tmp_path):
     (tmp_path / "owl" / "link.jpg").symlink_to(tmp_path / "nowhere.jpg")
     data = _load(tmp_path)
     assert data.skipped == [("owl/link.jpg", "cannot read file: No such file or directory")]
+
+
+def test_digits_honours_max_images_per_class_and_notes_the_fixed_split(capsys):
+    data = load_data({**DEFAULTS, "data": "digits", "max_images_per_class": 10}, 16, 1, progress=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (80, 10, 10)
+    assert np.bincount(np.concatenate([data.train.labels, data.val.labels, data.test.labels])).tolist() == [10] * 10
+    assert capsys.readouterr().err == ""
+    load_data({**DEFAULTS, "data": "digits", "val_fraction": 0.3}, 16, 1, progress=False)
+    assert "note: --val_fraction=0.3 is ignored" in capsys.readouterr().err
+
+
+def test_a_split_folder_that_lacks_a_class_names_the_class_and_the_folder(tmp_path):
+    write_class_folders(tmp_path / "train", classes=("cat", "dog"), per_class=5)
+    write_class_folders(tmp_path / "val", classes=("cat",), per_class=2)
+    with pytest.raises(UserError, match=f"class 'dog' is missing from {tmp_path / 'val'}:"):
+        _load(tmp_path)  # before: "val has 1 class folder(s)"

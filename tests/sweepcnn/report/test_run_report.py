@@ -544,3 +544,17 @@ def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wand
     run_summary = json.loads((run / "summary.json").read_text())
     assert summary["report/test_acc"] == run_summary["test_acc"]  # evaluated as training evaluated it
     assert summary["report/test_loss"] == pytest.approx(run_summary["test_loss"], rel=1e-5)
+
+
+def test_a_read_only_run_folder_is_one_error_line_before_any_data_is_read(tmp_path, monkeypatch):
+    import sweepcnn.io
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run_report, "load_run_model", lambda run_dir: (None, {}, [], NORM))
+    monkeypatch.setattr(run_report, "load_run_data", lambda *a: pytest.fail("the data was read"))
+    monkeypatch.setattr(sweepcnn.io.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(UserError, match=r"^RUN_DIR: cannot write to .*report \(at .*\): Permission denied$"):
+        run_report.main([str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []

@@ -130,6 +130,36 @@ def read_trials(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def state_trials(sweep_dir: Path) -> list[dict]:
+    state = sweep_dir / "state.json"
+    return json.loads(state.read_text())["trials"] if state.exists() else []
+
+
+def assert_resumed(sweep_dir: Path, run_id: str, epochs: int, started: bool = True) -> None:
+    """The trial was relaunched under its run id and every epoch trained once; if it had `started` (written its
+    config), its run folder was continued with --resume."""
+    trial = next(t for t in state_trials(sweep_dir) if t["run_id"] == run_id)
+    assert trial.get("resumes", 0) >= 1, trial
+    run_dir = sweep_dir / "runs" / run_id
+    assert (f"--resume=True --run_name={run_id}" in (run_dir / "command.txt").read_text()) or not started
+    assert [json.loads(row)["epoch"] for row in (run_dir / "metrics.jsonl").open()] == list(range(1, epochs + 1))
+
+
+def alive(pid: int | None) -> bool:
+    return pid is not None and Path(f"/proc/{pid}").exists() and \
+        Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = 300) -> None:
+    deadline = time.time() + timeout  # generous: CI machines can be slow and busy
+    while not condition():
+        if time.time() > deadline:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def test_two_workers_record_every_trial_once_then_a_rerun_continues(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-3, "max": 3e-2},
                                  "batch_norm": {"values": [True, False]}})
@@ -212,7 +242,9 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     trials = read_trials(sweep_dir)
     assert len(trials) == 3 and trials[0]["run_id"] == first
-    assert [t["state"] for t in trials] == ["crashed", "finished", "finished"], out.stdout
+    assert f"trial {first}: interrupted (its worker is gone)" in out.stdout
+    assert [t["state"] for t in trials] == ["finished"] * 3, out.stdout  # the lost trial was resumed
+    assert_resumed(sweep_dir, first, epochs=30)
     assert sorted(float(t["learning_rate"]) for t in trials) == [0.005, 0.01, 0.02]  # no grid point run twice
 
 
@@ -261,10 +293,10 @@ def test_folder_state_and_records(tmp_path):
         SweepFolder(folder.root, {**sweep, "method": "grid"}).create(Path("other.yaml"))
 
 
-def test_lost_trials_are_told_from_live_ones():
+def test_lost_trials_are_told_from_live_ones(tmp_path):
     import socket
 
-    from sweepcnn.sweep.folder import STALE_SECONDS, process_start, reap_lost_trials
+    from sweepcnn.sweep.folder import STALE_SECONDS, SweepFolder, process_start, reap_lost_trials
 
     now = time.time()
     me = {"host": socket.gethostname(), "worker_pid": os.getpid(), "worker_start": process_start(os.getpid()),
@@ -275,15 +307,21 @@ def test_lost_trials_are_told_from_live_ones():
         {**me, "run_id": "other_host", "host": "elsewhere", "heartbeat": now - 10},
         {**me, "run_id": "other_host_silent", "host": "elsewhere", "heartbeat": now - STALE_SECONDS - 1},
         {**me, "run_id": "done", "state": "finished"},
+        {**me, "run_id": "ended_alone", "worker_start": "1"},  # its run finished as its worker died
     ]}
-    lost = reap_lost_trials(state, now)
-    assert [t["run_id"] for t in lost] == ["pid_reused", "other_host_silent"]
-    assert [t["state"] for t in state["trials"]] == ["running", "crashed", "running", "crashed", "finished"]
+    folder = SweepFolder(tmp_path, {"metric": {"name": "val_acc", "goal": "maximize"}})
+    (folder.runs / "ended_alone").mkdir(parents=True)
+    (folder.runs / "ended_alone" / "summary.json").write_text('{"status": "finished"}')
+    lost = reap_lost_trials(folder, state, now)
+    assert [t["run_id"] for t in lost] == ["pid_reused", "other_host_silent", "ended_alone"]
+    # this host's lost trial is resumable; another host's may still train, so it is never resumed
+    assert [t["state"] for t in state["trials"]] == ["running", "interrupted", "running", "crashed", "finished",
+                                                      "finished"]
 
 
 def test_one_of_three_workers_killed_then_all_killed_and_restarted(tmp_path):
     rates = [0.01, 0.02, 0.005, 0.03, 0.015, 0.008]
-    path = tiny_sweep(tmp_path, {"learning_rate": {"values": rates}, "epochs": {"value": 40}}, method="grid")
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": rates}, "epochs": {"value": 25}}, method="grid")
     sweep_dir = tmp_path / "sweep"
     main = subprocess.Popen(sweep_cmd(path, sweep_dir, 6, "--workers", "3"), cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -312,6 +350,139 @@ def test_one_of_three_workers_killed_then_all_killed_and_restarted(tmp_path):
     rows = read_trials(sweep_dir)
     assert len(rows) == 6 and len({r["run_id"] for r in rows}) == 6
     assert sorted(float(r["learning_rate"]) for r in rows) == sorted(rates)  # every grid point once, none lost
-    states = {r["run_id"]: r["state"] for r in rows}
-    assert states[victim["run_id"]] == "crashed"
-    assert set(states.values()) <= {"crashed", "finished"} and "finished" in states.values()
+    assert {r["state"] for r in rows} == {"finished"}  # the victim's trial and the killed ones were resumed
+    assert_resumed(sweep_dir, victim["run_id"], epochs=25, started=False)  # it may have died starting up
+
+
+# ----------------------------------------------------------------------------------------------- Ctrl-C, kill -9
+def _trained_an_epoch(sweep_dir: Path) -> bool:
+    running = [t for t in state_trials(sweep_dir) if t["state"] == "running"]
+    return bool(running) and all((sweep_dir / "runs" / t["run_id"] / "metrics.jsonl").exists() for t in running)
+
+
+@pytest.mark.parametrize("method,workers", [("grid", 2), ("random", 1), ("bayes", 1)])
+def test_ctrl_c_saves_the_trials_and_a_rerun_resumes_them(tmp_path, method, workers):
+    if method == "grid":
+        space = {"learning_rate": {"values": [0.01, 0.02, 0.005]}}
+    else:
+        space = {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-3, "max": 3e-2}}
+    count = 3 if method == "grid" else 2
+    path = tiny_sweep(tmp_path, {**space, "epochs": {"value": 20}}, method=method)
+    sweep_dir = tmp_path / "sweep"
+    command = sweep_cmd(path, sweep_dir, count, "--workers", str(workers))
+    # its own process group, as a terminal's foreground job: Ctrl-C sends SIGINT to all of it
+    main = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _trained_an_epoch(sweep_dir), "every running trial to finish an epoch", main)
+    os.killpg(main.pid, signal.SIGINT)
+    sent = time.time()
+    out, err = main.communicate(timeout=120)
+    assert main.returncode == 130, err
+    assert time.time() - sent < 40, "the sweep did not stop promptly"
+    assert "Traceback" not in out + err and "run the same command again" in err
+    before = state_trials(sweep_dir)
+    interrupted = [t for t in before if t["state"] == "interrupted"]
+    assert interrupted and {t["state"] for t in before} <= {"finished", "interrupted"}, before
+    assert not any(alive(t.get("pid")) for t in before)  # no trial trains on in the background
+    for t in interrupted:
+        assert json.loads((sweep_dir / "runs" / t["run_id"] / "summary.json").read_text())["status"] == \
+            "interrupted (SIGINT)"
+    if (sweep_dir / "best.yaml").exists():  # only ever a finished trial's
+        assert any(t["state"] == "finished" and t["params"] == yaml.safe_load((sweep_dir / "best.yaml").read_text())
+                   for t in before)
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = state_trials(sweep_dir)
+    assert len(after) == count and [t["state"] for t in after] == ["finished"] * count, again.stdout
+    for t in interrupted:  # resumed with the same run id and parameters
+        assert next(a for a in after if a["run_id"] == t["run_id"])["params"] == t["params"]
+        assert_resumed(sweep_dir, t["run_id"], epochs=20)
+    if method == "grid":
+        assert sorted(t["params"]["learning_rate"] for t in after) == [0.005, 0.01, 0.02]
+    best = max(after, key=lambda t: t["metric"])
+    assert yaml.safe_load((sweep_dir / "best.yaml").read_text()) == best["params"]
+
+
+def test_a_killed_coordinator_leaves_no_training_process(tmp_path):
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02]}, "epochs": {"value": 20}}, method="grid")
+    sweep_dir = tmp_path / "sweep"
+    main = subprocess.Popen(sweep_cmd(path, sweep_dir, 2, "--workers", "2"), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len([t for t in state_trials(sweep_dir) if t.get("pid")]) == 2, "two trial processes", main)
+    trials = state_trials(sweep_dir)
+    pids = [t["pid"] for t in trials] + [t["worker_pid"] for t in trials]
+    assert all(alive(pid) for pid in pids)
+    main.kill()  # kill -9 of the coordinator alone: its workers and their trials must not train on
+    main.wait()
+    wait_for(lambda: not any(alive(pid) for pid in pids), "the workers and trials to end", timeout=90)
+    assert {t["state"] for t in state_trials(sweep_dir)} <= {"interrupted", "finished"}
+
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 2), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [t["state"] for t in state_trials(sweep_dir)] == ["finished", "finished"]
+
+
+# ----------------------------------------------------------------------------------------------- metric, hyperband
+def test_a_metric_no_trial_logs_is_warned_about_once(tmp_path):
+    path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02]}, "epochs": {"value": 1}}, method="grid")
+    sweep = yaml.safe_load(path.read_text())
+    sweep["metric"]["name"] = "val_accuracy"  # train.py logs val_acc
+    path.write_text(yaml.safe_dump(sweep))
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 2), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, out.stderr
+    first = state_trials(sweep_dir)[0]["run_id"]
+    assert f"trial {first} finished without logging the sweep's metric 'val_accuracy'" in warnings[0]
+    logged = warnings[0].split("the trial logged: ")[1].split(", ")
+    assert {"val_acc", "val_loss", "train_loss"} <= set(logged)
+    assert not (sweep_dir / "best.yaml").exists()
+
+
+def _band_of_stop(tmp_path, early_terminate: dict) -> int | None:
+    """The epoch at which hyperband stops a trial that starts well then falls to chance, beside two finished ones
+    (eta 2, min_iter 1: bands at epochs 1, 2, 4, 8)."""
+    from sweepcnn.sweep.folder import SweepFolder
+    from sweepcnn.sweep.suggest import should_stop
+
+    sweep = {"program": "part_a/train.py", "method": "grid", "metric": {"name": "val_acc", "goal": "maximize"},
+             "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2, **early_terminate},
+             "parameters": {"learning_rate": {"values": [0.1, 0.01, 0.001]}}}
+    folder = SweepFolder(tmp_path / f"sweep-{len(list(tmp_path.iterdir()))}", sweep)
+    folder.create(Path("tiny.yaml"))
+    curves = {"a": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9], "b": [0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.8, 0.8],
+              "c": [0.55] + [0.3] * 7}
+    trials = [{"run_id": run_id, "state": "finished" if run_id != "c" else "running", "metric": None,
+               "params": {"learning_rate": lr}} for run_id, lr in zip(curves, (0.1, 0.01, 0.001))]
+    for run_id in "ab":
+        (folder.runs / run_id).mkdir()
+        (folder.runs / run_id / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "val_acc": v}) + "\n" for e, v in enumerate(curves[run_id], 1)))
+    (folder.runs / "c").mkdir()
+    for epoch, value in enumerate(curves["c"], 1):
+        with open(folder.runs / "c" / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": epoch, "val_acc": value}) + "\n")
+        if should_stop(folder, trials, "c"):
+            return epoch
+    return None
+
+
+def test_hyperband_stops_at_the_band_the_wandb_server_does(tmp_path):
+    # Band 2: c's val_acc there (0.3) is outside the top half of a, b, c (0.6, 0.5, 0.3): the strict rule, the
+    # server's default, stops it. The conservative rule compares its best so far (0.55) and stops it only at band 4
+    # (0.8, 0.7, 0.3 there), one band later; sweeps 0.2.0 compared one epoch late and stopped it at epoch 3.
+    assert _band_of_stop(tmp_path, {}) == 2
+    assert _band_of_stop(tmp_path, {"strict": True}) == 2
+    assert _band_of_stop(tmp_path, {"strict": False}) == 4
+    path = tiny_sweep(tmp_path, {}, early_terminate={"type": "hyperband", "min_iter": 1, "strict": False})
+    assert load_sweep(path)["early_terminate"]["strict"] is False  # the engine's schema accepts it
+
+
+@pytest.mark.parametrize("flag", ["--workers=0", "--count=0"])
+def test_zero_workers_or_trials_is_refused_before_the_folder_is_made(tmp_path, flag):
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.sweep", "sweeps/cnn.yaml", "--count=1", flag,
+                           "--sweep_dir", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s").exists()

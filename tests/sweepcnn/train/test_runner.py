@@ -209,3 +209,66 @@ def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(tmp_p
     drop = ("epoch_seconds", "images_per_sec")
     assert [{k: v for k, v in r.items() if k not in drop} for r in read_history(tmp_path / "whole")] == \
            [{k: v for k, v in r.items() if k not in drop} for r in read_history(run)]
+
+def _agent_env(tmp_path: Path, run_id: str, mode: str = "offline") -> dict:
+    """The environment `wandb agent` gives a trial: sweep id, run id and the parameter file."""
+    params = tmp_path / f"{run_id}-params.yaml"
+    params.write_text(yaml.safe_dump({"base_filters": {"value": 8}, "learning_rate": {"value": 0.01}}))
+    return {"WANDB_SWEEP_ID": "sweep123", "WANDB_RUN_ID": run_id, "WANDB_SWEEP_PARAM_PATH": str(params),
+            "WANDB_MODE": mode}
+
+
+def _wandb_records(run: Path) -> list:
+    from tests.wandb_records import records
+
+    return [record for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")) for record in records(path)]
+
+
+def test_sigterm_under_a_sweep_agent_ends_the_trial_as_a_finished_stopped_run(tmp_path):
+    from tests.sweepcnn.train.test_resume import snapshot
+    from tests.sweepcnn.train.test_run_folder import interrupt_after
+
+    env = _agent_env(tmp_path, "agent001")
+    args = [f"--out_dir={tmp_path}", *FAST, "--base_filters=8", "--learning_rate=0.01", "--epochs=50"]
+    proc = interrupt_after(args, 2, signal.SIGTERM, env)
+    assert proc.returncode == 0
+    run = tmp_path / "agent001"
+    summary = json.loads((run / "summary.json").read_text())
+    saved = torch.load(run / "last.pt", weights_only=True)["progress"]["epoch"]
+    best = max(read_history(run)[:saved], key=lambda row: row["val_acc"])
+    assert summary["status"] == "stopped" and saved >= 2
+    assert summary["val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
+    exits = [r.exit.exit_code for r in _wandb_records(run) if r.WhichOneof("record_type") == "exit"]
+    _, wandb_summary, _ = history_and_summary(run)
+    assert exits == [0] and wandb_summary["val_acc"] == best["val_acc"] and wandb_summary["status"] == "stopped"
+    # the controller's stop is final: a relaunch of the trial trains nothing more
+    before = snapshot(run)
+    proc = train(*args, env=env)
+    assert "already stopped" in proc.stdout and snapshot(run) == before
+
+
+def test_sigterm_of_an_offline_sweep_trial_is_a_stop_too(tmp_path):
+    from tests.sweepcnn.train.test_run_folder import interrupt_after
+
+    env = {"SWEEPCNN_SWEEP_TRIAL": "1", "WANDB_RUN_ID": "trial001", "WANDB_MODE": "disabled"}
+    proc = interrupt_after([f"--out_dir={tmp_path}", *FAST, "--epochs=50"], 1, signal.SIGTERM, env)
+    assert proc.returncode == 0
+    assert json.loads((tmp_path / "trial001" / "summary.json").read_text())["status"] == "stopped"
+
+
+def test_sigusr1_preempts_the_trial_and_its_relaunch_resumes(tmp_path):
+    from tests.sweepcnn.train.test_run_folder import interrupt_after
+
+    env = _agent_env(tmp_path, "agent002")
+    args = [f"--out_dir={tmp_path}", *FAST, "--base_filters=8", "--learning_rate=0.01"]
+    proc = interrupt_after([*args, "--epochs=100"], 1, signal.SIGUSR1, env)
+    assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr
+    run = tmp_path / "agent002"
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    kinds = [r.WhichOneof("record_type") for r in _wandb_records(run)]
+    exits = [r.exit.exit_code for r in _wandb_records(run) if r.WhichOneof("record_type") == "exit"]
+    assert "preempting" in kinds and exits == [128 + signal.SIGUSR1]
+    saved = torch.load(run / "last.pt", weights_only=True)["progress"]["epoch"]
+    train(*args, f"--epochs={saved + 1}", env=env)  # W&B's requeue: the same run id again
+    assert [row["epoch"] for row in read_history(run)] == list(range(1, saved + 2))
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"

@@ -1,0 +1,162 @@
+"""A run's folder: its name, whether it can be written, and whether a command starts, resumes or leaves it alone.
+
+Every check here runs before anything in the folder is written: a refused command changes nothing on disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweepcnn.config import Option, parse_value
+from sweepcnn.errors import UserError
+from sweepcnn.io import atomic_write, check_writable, write_json
+from sweepcnn.tracking import read_summary
+
+RUN_FOLDER_OPTIONS = {
+    "out_dir": Option("runs", "folder that holds one sub-folder per run"),
+    "run_name": Option(None, "run folder name, a plain name (default: date-time plus a random suffix, or the W&B run "
+                             "id under a sweep agent; an existing one is resumed then)", nullable=True),
+    "resume": Option(False, "continue <out_dir>/<run_name> from its last completed epoch; only --epochs, --patience "
+                            "and how to run (device, workers, W&B, ...) may change", "bool"),
+}
+# Flags that describe how to run, not what to train: they may differ when a run is resumed.
+RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "report", "epochs", "patience", "num_workers", "device",
+                "compile", "deterministic", "cache_dir", "wandb_mode", "wandb_project", "wandb_entity"}
+DONE = ("finished", "stopped")  # a relaunch of a run in one of these states trains nothing more
+_SPLITS = ("train", "val", "test")
+
+
+def under_sweep() -> bool:
+    """A sweep trial: launched by `wandb agent` (WANDB_SWEEP_ID) or by `python -m sweepcnn.sweep`."""
+    return bool(os.environ.get("WANDB_SWEEP_ID")) or os.environ.get("SWEEPCNN_SWEEP_TRIAL") == "1"
+
+
+def check_run_name(name: str, flag: str = "--run_name") -> None:
+    if name in ("", ".") or ".." in name or "/" in name or "\\" in name or "\0" in name:
+        raise UserError(f"{flag}: {name!r} is not a plain folder name (no path separators, no '..'): the run folder "
+                        "must be a direct sub-folder of --out_dir")
+
+
+def file_stamps(source: str, record: dict) -> dict[str, list[int]]:
+    """Size and mtime of every image file of a split record, as the image cache keys them."""
+    if source == "digits":  # built in: no files
+        return {}
+    stamps = {}
+    for part in _SPLITS:
+        for name, _ in record[part]:
+            try:
+                st = (Path(source) / name).stat()
+                stamps[name] = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                stamps[name] = [-1, -1]
+    return stamps
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "data" and a != b and a not in ("digits", "inaturalist"):
+        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    return a == b
+
+
+@dataclass
+class RunFolder:
+    """What a command does with `<out_dir>/<run_name>`: start it, resume it, or nothing (`done`: its status)."""
+
+    path: Path
+    cfg: dict
+    done: str | None = None
+
+    @property
+    def resume(self) -> bool:
+        return self.cfg["resume"]
+
+    def check_data(self, record: dict) -> None:
+        """On resume: the data must be what the run started with (same split, same files by size and mtime)."""
+        path = self.path / "split.json"
+        if not self.resume or not path.exists():
+            return
+        old = json.loads(path.read_text())
+        source = old.get("source", "")
+        if {k: old.get(k) for k in _SPLITS} != {k: record[k] for k in _SPLITS}:
+            raise UserError(f"--resume: the data under {source} changed since the run started (split differs from "
+                            f"{path}); start a new run instead")
+        stamps = file_stamps(source, old) if "stamps" in old else {}
+        changed = [name for name, stamp in stamps.items() if old["stamps"].get(name) != stamp]
+        if changed:
+            raise UserError(f"--resume: {len(changed)} image file(s) under {source} changed since the run started "
+                            f"(size or modification time), first: {changed[0]}; start a new run instead")
+
+    def create(self, cfg: dict, options: dict[str, Option], record: dict) -> None:
+        """Create the folder and write config.yaml and split.json (with each file's size and mtime)."""
+        check_writable(self.path, "--out_dir", create=True)
+        write_run_files(self.path, cfg, options, record)
+
+
+def write_run_files(path: Path, cfg: dict, options: dict[str, Option], record: dict) -> None:
+    atomic_write(path / "config.yaml", yaml.safe_dump({k: cfg[k] for k in options}, sort_keys=False))
+    write_json(path / "split.json", {**record, "stamps": file_stamps(record["source"], record)})
+
+
+def _new_run_name() -> str:
+    return os.environ.get("WANDB_RUN_ID") or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def open_run(cfg: dict, explicit: set[str], options: dict[str, Option]) -> RunFolder:
+    """Decide, without writing anything, what this command does with its run folder. A relaunch of an existing run
+    (the same WANDB_RUN_ID, or any existing run under a sweep) resumes it, or does nothing if it is done."""
+    if cfg["run_name"]:
+        check_run_name(cfg["run_name"])
+    elif cfg["resume"]:
+        raise UserError("--resume needs --run_name (the folder under --out_dir to continue)")
+    name = cfg["run_name"] or _new_run_name()
+    check_run_name(name, "--run_name (from WANDB_RUN_ID)")
+    path = Path(cfg["out_dir"]).expanduser() / name
+    cfg = {**cfg, "run_name": name}
+    started = (path / "config.yaml").is_file()
+    relaunch = started and not cfg["resume"] and (under_sweep() or os.environ.get("WANDB_RUN_ID") == name)
+    if relaunch:
+        status = read_summary(path).get("status")
+        if status in DONE:
+            return RunFolder(path, cfg, done=status)
+        print(f"note: {path} exists (status {status or 'unknown'}): resuming it, a relaunch of run {name}",
+              file=sys.stderr)
+    elif not cfg["resume"]:
+        if started:
+            raise UserError(f"run folder {path} already exists: add --resume to continue it, or pick another "
+                            "--run_name")
+        check_writable(path if path.exists() else path.parent, "--out_dir")
+        return RunFolder(path, cfg)
+    elif not started:
+        if not path.is_dir():
+            raise UserError(f"--resume: no run folder {path}: is --out_dir/--run_name right?")
+        print(f"note: {path} has no config.yaml: the run never started (it was stopped during start-up); starting "
+              "it now with the flags given", file=sys.stderr)
+        check_writable(path, "--out_dir")
+        return RunFolder(path, {**cfg, "resume": False})
+    check_writable(path, "--resume: the run folder")
+    return RunFolder(path, _resumed_config(path, cfg, explicit, options))
+
+
+def _resumed_config(path: Path, cfg: dict, explicit: set[str], options: dict[str, Option]) -> dict:
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--resume: cannot read {path / 'config.yaml'}: {exc}".splitlines()[0]) from None
+    resumed = {k: parse_value(k, options[k], v) for k, v in saved.items() if k in options}
+    changed = [k for k in sorted(explicit - RUNTIME_KEYS) if k in resumed and not _same(k, resumed[k], cfg[k])]
+    if changed:
+        given = ", ".join(f"--{k} (run: {resumed[k]!r}, given: {cfg[k]!r})" for k in changed)
+        may = ", ".join(f"--{k}" for k in sorted(RUNTIME_KEYS - {"out_dir", "run_name", "resume"}) if k in options)
+        raise UserError(f"--resume: {given} cannot change when a run is resumed: the flags that define the model, "
+                        f"the data and the training (architecture, --strategy, --data, optimiser, ...) are fixed; "
+                        f"only {may} may change; start a new run (another --run_name) to change the others")
+    return {**cfg, **resumed, **{k: cfg[k] for k in explicit}, "out_dir": cfg["out_dir"],
+            "run_name": cfg["run_name"], "resume": True}
