@@ -80,6 +80,26 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+@contextmanager
+def file_lock_if_free(path: str | os.PathLike) -> Iterator[bool]:
+    """Like file_lock, without waiting and without creating `path`: yields True while holding the lock (or when
+    there is no lock file, so nobody can hold it), False when another process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held elsewhere
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent

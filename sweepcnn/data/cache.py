@@ -10,10 +10,8 @@ lock is free) is removed when the next build starts. A full disk is a UserError 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from tqdm import tqdm
 
 from sweepcnn.data.images import BadImageError, load_image
 from sweepcnn.errors import UserError
-from sweepcnn.io import atomic_writer, file_lock, write_json
+from sweepcnn.io import atomic_writer, file_lock, file_lock_if_free, write_json
 from sweepcnn.paths import default_cache_dir
 
 FORMAT_VERSION = 1  # bump when load_image's output changes, to invalidate existing caches
@@ -103,18 +101,9 @@ def remove_stale_partials(cache_dir: Path, own_key: str) -> None:
         if key == own_key:
             partial.unlink(missing_ok=True)
             continue
-        try:
-            fd = os.open(cache_dir / f"{key}.lock", os.O_RDWR)
-        except FileNotFoundError:
-            partial.unlink(missing_ok=True)
-            continue
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            partial.unlink(missing_ok=True)  # while holding the lock: no build of that key can start meanwhile
-        except OSError:  # a build in progress holds it
-            pass
-        finally:
-            os.close(fd)
+        with file_lock_if_free(cache_dir / f"{key}.lock") as free:
+            if free:  # while holding the lock: no build of that key can start meanwhile
+                partial.unlink(missing_ok=True)
 
 
 def _cache_key(paths: list[Path], size: int, channels: int) -> str:

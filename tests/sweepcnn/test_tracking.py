@@ -10,7 +10,7 @@ import pytest
 
 from sweepcnn import wandb_auth
 from sweepcnn.errors import UserError
-from sweepcnn.tracking import RUNTIME_KEYS, Tracker, warn_agent_offline
+from sweepcnn.tracking import RUNTIME_KEYS, Tracker, read_history, warn_agent_offline
 from tests.helpers import FAST, ROOT, run_script, train, write_class_folders
 from tests.wandb_records import finished_records, history_and_summary, offline_runs, run_record
 
@@ -79,7 +79,7 @@ def test_a_resumed_offline_run_holds_every_epoch_once_and_a_later_report_row_col
     history, _, _ = history_and_summary(tmp_path, newer)
     epochs = [(row["epoch"], row["val_acc"]) for row in history if "val_acc" in row]
     assert epochs == [(1, 0.1), (2, 0.2), (3, 0.35), (4, 0.45)]  # as metrics.jsonl holds them
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in read_history(tmp_path)] == [1, 2, 3, 4]
     steps = [row["_step"] for row in history]
     assert steps == sorted(set(steps)) and "report/test_acc" in history[-1]
     assert run_record(newer)["run_id"] == run_record(older)["run_id"]

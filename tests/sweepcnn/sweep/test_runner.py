@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sweepcnn.tracking import read_history
 from tests.helpers import ROOT, write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
@@ -102,7 +103,7 @@ def test_sampled_command_trains_one_tiny_epoch(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     saved = yaml.safe_load((tmp_path / "runs" / "agentrun" / "config.yaml").read_text())
     assert {k: saved[k] for k in swept_names(sweep)} == {k: params[k] for k in swept_names(sweep)}
-    assert METRIC in json.loads((tmp_path / "runs" / "agentrun" / "metrics.jsonl").read_text().splitlines()[0])
+    assert METRIC in read_history(tmp_path / "runs" / "agentrun")[0]
 
 
 # ----------------------------------------------------------------------------------------------- offline runner

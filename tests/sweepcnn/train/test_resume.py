@@ -5,6 +5,7 @@ from pathlib import Path
 
 import yaml
 
+from sweepcnn.tracking import read_history
 from tests.helpers import FAST, train, write_class_folders
 
 TINY = ["--data=digits", *FAST]
@@ -44,7 +45,7 @@ def test_an_early_stopped_run_stays_stopped(tmp_path):
     args = [*TINY, "--epochs=20", "--patience=1", "--min_delta=1", f"--out_dir={tmp_path}", "--run_name=r"]
     train(*args)
     run = tmp_path / "r"
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [row["epoch"] for row in read_history(run)] == [1, 2]
     trained = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "last.pt", "best.pt")}
     train("--resume", "--run_name=r", f"--out_dir={tmp_path}")
     proc = train("--resume", "--test", "--report=false", "--run_name=r", f"--out_dir={tmp_path}")
