@@ -18,7 +18,7 @@ import yaml
 from sweepcnn.config import Option, parse_value
 from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, check_writable, write_json
-from sweepcnn.tracking import read_summary
+from sweepcnn.tracking import read_summary, under_agent
 
 RUN_FOLDER_OPTIONS = {
     "out_dir": Option("runs", "folder that holds one sub-folder per run"),
@@ -36,7 +36,7 @@ _SPLITS = ("train", "val", "test")
 
 def under_sweep() -> bool:
     """A sweep trial: launched by `wandb agent` (WANDB_SWEEP_ID) or by `python -m sweepcnn.sweep`."""
-    return bool(os.environ.get("WANDB_SWEEP_ID")) or os.environ.get("SWEEPCNN_SWEEP_TRIAL") == "1"
+    return under_agent() or os.environ.get("SWEEPCNN_SWEEP_TRIAL") == "1"
 
 
 def check_run_name(name: str, flag: str = "--run_name") -> None:
