@@ -219,9 +219,10 @@ def _agent_env(tmp_path: Path, run_id: str, mode: str = "offline") -> dict:
 
 
 def _wandb_records(run: Path) -> list:
-    from tests.wandb_records import records
+    """Every offline run file's records, each once W&B has written its exit record (finish() may return first)."""
+    from tests.wandb_records import finished_records
 
-    return [record for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")) for record in records(path)]
+    return [record for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")) for record in finished_records(path)]
 
 
 def test_sigterm_under_a_sweep_agent_ends_the_trial_as_a_finished_stopped_run(tmp_path):
