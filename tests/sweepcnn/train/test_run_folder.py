@@ -56,12 +56,13 @@ def test_resume_of_a_read_only_run_folder_is_one_error(tmp_path):
 
 
 def interrupt_after(args: list[str], epochs: int, signum: int, env: dict) -> subprocess.Popen:
-    """Run part_a/train.py, send `signum` once `epochs` epochs are logged in `run`, wait for it to end."""
+    """Run part_a/train.py, send `signum` once `epochs` epochs are logged and checkpointed in `run` (the row is
+    logged before last.pt is written), wait for it to end."""
     proc = subprocess.Popen([sys.executable, "part_a/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     run = Path(next(a for a in args if a.startswith("--out_dir=")).partition("=")[2]) / env["WANDB_RUN_ID"]
     deadline = time.time() + 120
-    while len(read_history(run)) < epochs:
+    while len(read_history(run)) < epochs or not (run / "last.pt").exists():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signum)
