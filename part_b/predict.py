@@ -6,6 +6,7 @@ batched model with torch.func: stack_module_state + functional_call + vmap).
 
 The CSV (stdout without --out) has one row per image: file, predicted class, its probability, the probability of
 every class, and an error column; unreadable images get their reason there and the rest are still predicted.
+Test-time augmentation is the first checkpoint's --tta (as its validation and test used), unless --tta is given.
 """
 from __future__ import annotations
 
@@ -23,18 +24,20 @@ from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.data.images import BadImageError, is_image_file, load_image
 from sweepcnn.runtime import resolve_device
+from sweepcnn.train.tta import TTA_MODES, tta_logits, tta_mode
 from part_b.part import input_size, rebuild
 
 
 class Predictor:
     """Checkpoints of one architecture and class list -> class probabilities (their average for several)."""
 
-    def __init__(self, paths: list[Path], device: torch.device):
+    def __init__(self, paths: list[Path], device: torch.device, tta: str | None = None):
         states = [load_checkpoint(p) for p in paths]
         for path, state in zip(paths, states):
             if not {"model", "classes", "normalization", "config"} <= set(state) or "strategy" not in state["config"]:
                 raise UserError(f"--checkpoints: {path} is not a checkpoint of part_b/finetune.py (its best.pt)")
         first = states[0]["config"]
+        self.tta = tta or tta_mode(first)
         self.name, self.channels = first["model"], first["in_channels"]
         self.size = input_size(first)
         self.classes = states[0]["classes"]
@@ -68,13 +71,15 @@ class Predictor:
         """uint8 [N, C, S, S] -> probabilities [N, classes]."""
         x = (images.to(self.device).float() - self.mean) / self.std
         if len(self.models) == 1:
-            return self.models[0](x).softmax(-1)
+            return tta_logits(self.models[0], x, self.tta).softmax(-1)
 
         def one(params, buffers, batch):
             return functional_call(self.base, (params, buffers), (batch,))
 
-        logits = vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x)  # [models, N, classes]
-        return logits.softmax(-1).mean(0)
+        def ensemble(batch: torch.Tensor) -> torch.Tensor:  # [models, N, classes]
+            return vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, batch)
+
+        return tta_logits(ensemble, x, self.tta).softmax(-1).mean(0)
 
 
 def image_files(target: Path) -> tuple[list[Path], Path]:
@@ -120,11 +125,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the first checkpoint's "
+                                                        "--tta, see sweepcnn.train.tta)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError("--batch_size must be at least 1")
     files, root = image_files(args.images)
-    predictor = Predictor(args.checkpoints, resolve_device(args.device))
+    predictor = Predictor(args.checkpoints, resolve_device(args.device), args.tta)
     rows = predict(predictor, files, root, args.batch_size)
     fields = ["file", "prediction", "probability", *(f"p_{c}" for c in predictor.classes), "error"]
     out = open(args.out, "w", newline="") if args.out else sys.stdout

@@ -17,6 +17,7 @@ from sweepcnn.report.plots import (confusion_figure, curves_figure, filters_figu
 from sweepcnn.report.predictions import Normalization, TestResults, grid_indices, highest_loss, predict, to_uint8
 from sweepcnn.report.tables import write_csv
 from sweepcnn.train.engine import Batches, place_model
+from sweepcnn.train.tta import tta_mode
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -56,17 +57,16 @@ class Report:
 def write_panels(out_dir: Path, model: nn.Module, data: Data, normalization: Normalization, cfg: dict,
                  history: list[dict], layers: Layers | None = None) -> Report:
     """Every figure and table of the report for the test split, into out_dir. `layers`: the ones the model's part
-    named (default: the first and last Conv2d). The test split is evaluated as
-    training evaluated it (the model's device, the run's --amp, --channels_last and evaluation batch size), so the
-    report's test accuracy is the summary's (a --channels_last run's model is converted, as fit converts it);
-    gradients are computed in float32."""
+    named (default: the first and last Conv2d). The test split is evaluated as training evaluated it (the model's
+    device, the run's --amp, --channels_last, --tta and evaluation batch size), so the report's test accuracy is the
+    summary's (a --channels_last run's model is converted, as fit converts it); gradients are computed in float32."""
     out_dir.mkdir(parents=True, exist_ok=True)
     device, amp, batches = place_model(model, {**cfg, "device": str(next(model.parameters()).device)},
                                        (list(normalization[0]), list(normalization[1])))
     was_training = model.training
     model.eval()
     try:
-        results = predict(model, data.test, batches, amp, 2 * cfg["batch_size"])
+        results = predict(model, data.test, batches, amp, 2 * cfg["batch_size"], tta_mode(cfg))
         report = Report(out_dir, data.classes, results)
         _prediction_panels(report)
         _metric_panels(report)

@@ -36,12 +36,13 @@ class TestResults:
         return self.images[index][0]
 
 
-def predict(model: nn.Module, images: ImageSet, batches: Batches, amp: torch.dtype | None, batch_size: int
-            ) -> TestResults:
-    """sweepcnn.train.engine.evaluate over the split, in order, keeping the logits."""
+def predict(model: nn.Module, images: ImageSet, batches: Batches, amp: torch.dtype | None, batch_size: int,
+            tta: str = "none") -> TestResults:
+    """sweepcnn.train.engine.evaluate over the split, in order, keeping the logits (with the run's --tta)."""
     loader = make_loader(images, batch_size, False, {"balanced_sampler": False, "num_workers": 0},
                          torch.Generator(), False)
-    return TestResults(images, evaluate(model, loader, batches, amp, desc="report", keep_outputs=True)["logits"])
+    return TestResults(images, evaluate(model, loader, batches, amp, desc="report", keep_outputs=True,
+                                               tta=tta)["logits"])
 
 
 def to_uint8(images: torch.Tensor, normalization: Normalization) -> np.ndarray:

@@ -25,9 +25,13 @@ from sweepcnn.data.device_data import device_loader
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
+from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
+from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
 from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_scheduler
+from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
 
 AUGMENT_SEED = 2**40  # offsets the augmentation generator's seed from the shuffling one's
+MIX_SEED = 2**41  # and the mixup/CutMix generator's
 METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
 
 ENGINE_OPTIONS = grouped("training", {
@@ -49,7 +53,7 @@ ENGINE_OPTIONS = grouped("training", {
                       "bool"),
     "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
     "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
-})
+}) | MIX_OPTIONS | EMA_OPTIONS | TTA_OPTIONS
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Progress:
     train_images: int = 0  # images seen by the training loops, and their seconds: the run's images/s
     train_loop_seconds: float = 0.0
     stopped_at: dict | None = None  # early stopping ended the run: {"patience": ..., "epochs": ...} then in force
+    best_weights: str | None = None  # with --ema: which weights best.pt holds, "ema" or "raw"
 
     def early_stopped(self, patience: int | None, epochs: int) -> bool:
         """Whether early stopping ended this run and neither --patience nor --epochs was raised since."""
@@ -123,15 +128,15 @@ class Batches:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None, desc: str = "eval",
-             keep_outputs: bool = False) -> dict[str, Any]:
-    """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits."""
+             keep_outputs: bool = False, tta: str = "none") -> dict[str, Any]:
+    """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits.
+    `tta`: the logits are the mean over the test-time views (sweepcnn.train.tta)."""
     model.eval()
     total_loss, correct, count, outputs = 0.0, 0, 0, []
     for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         images, labels = batches(images, labels)
         with autocast(batches.device, amp):
-            logits = model(images)
-        logits = logits.float()
+            logits = tta_logits(model, images, tta)
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
@@ -144,20 +149,26 @@ def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None
 
 
 def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, loss_fn, scheduler, step_on: str,
-                    grad_clip: float | None, desc: str, train_mode: Callable[[], None] | None = None
-                    ) -> dict[str, float]:
+                    grad_clip: float | None, desc: str, train_mode: Callable[[], None] | None = None,
+                    mix: Mixer | None = None, ema: WeightAverage | None = None) -> dict[str, float]:
+    """One pass over the training batches. With `mix`, train_acc is the share of the (unsmoothed) mixed targets'
+    mass on the predicted classes: accuracy when nothing is mixed, lam or 1 - lam for a prediction of either image
+    of a pair."""
     model.train()
     if train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
         train_mode()
     total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    correct = torch.zeros((), device=batches.device)
     count = 0
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         images, labels = batches(images, labels)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)
         with autocast(batches.device, amp):
             logits = model(images)
-            loss = loss_fn(logits.float(), labels)
+            loss = loss_fn(logits.float(), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()}: lower --learning_rate or set --grad_clip")
         optimizer.zero_grad(set_to_none=True)
@@ -167,11 +178,14 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update()
         if scheduler is not None and step_on == "batch":
             scheduler.step()
         # Accumulate on the device: no host sync per batch.
         total_loss += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        predicted = logits.detach().argmax(1)
+        correct += targets.gather(1, predicted[:, None]).sum() if mix is not None else (predicted == labels).sum()
         count += len(labels)
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss.item() / max(count, 1), "train_acc": correct.item() / max(count, 1),
@@ -217,7 +231,26 @@ def progress_summary(progress: Progress) -> dict[str, Any]:
     return {"val_acc": best.get("val_acc"), "val_loss": best.get("val_loss"), "best_epoch": progress.best_epoch,
             "epochs_run": progress.epoch, "train_seconds": progress.train_seconds,
             "images_per_sec": progress.train_images / progress.train_loop_seconds
-            if progress.train_loop_seconds > 0 else None}
+            if progress.train_loop_seconds > 0 else None,
+            **({"best_weights": progress.best_weights} if progress.best_weights else {})}
+
+
+def validate(net: nn.Module, ema: WeightAverage | None, loader, batches: Batches, amp, tta: str, monitor: str
+             ) -> tuple[dict[str, float], nn.Module]:
+    """val_loss and val_acc of the model, and with `ema` of both (suffixes _raw and _ema) with the better one's
+    as val_loss and val_acc; and the module that scored them."""
+    raw = evaluate(net, loader, batches, amp, desc="validate", tta=tta)
+    metrics = {"val_loss": raw["loss"], "val_acc": raw["acc"]}
+    if ema is None:
+        return metrics, net
+    averaged = evaluate(ema.module, loader, batches, amp, desc="validate EMA", tta=tta)
+    metrics.update(val_loss_raw=raw["loss"], val_acc_raw=raw["acc"], val_loss_ema=averaged["loss"],
+                   val_acc_ema=averaged["acc"])
+    key = monitor.removeprefix("val_")
+    if (averaged[key] > raw[key]) if monitor == "val_acc" else (averaged[key] < raw[key]):
+        metrics.update(val_loss=averaged["loss"], val_acc=averaged["acc"])
+        return metrics, ema.module
+    return metrics, net
 
 
 def saved_summary(run_dir: Path) -> dict[str, Any]:
@@ -240,6 +273,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     net = torch.compile(model) if cfg["compile"] else model
     train_set, generator, augment_generator = data.train, torch.Generator(), torch.Generator()
     train_batches = batches.augmented(augmenter(cfg, train_set.pixels.shape[1]), augment_generator)
+    mix, tta = mixer(cfg, len(data.classes)), tta_mode(cfg)
     train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device)
     val_loader = device_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
 
@@ -265,6 +299,9 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     if state is not None:
         model.load_state_dict(state["model"])
         progress = Progress(**state["progress"])
+    ema = weight_average(model, cfg)
+    if ema is not None and state is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
     phase = phase_at(progress.epoch + 1)
     optimizer, scheduler, step_on = start_phase(phase)
     if state is not None:
@@ -291,12 +328,14 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         seed_everything(epoch_seed(cfg["seed"], epoch))
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         augment_generator.manual_seed(AUGMENT_SEED + epoch_seed(cfg["seed"], epoch))
+        if mix is not None:
+            mix.reseed(MIX_SEED + epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[-1]["lr"]
         train = train_one_epoch(net, train_loader, train_batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
-                                cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode)
-        val = evaluate(net, val_loader, batches, amp, desc="validate")
-        metrics = {"epoch": epoch, **train, "val_loss": val["loss"], "val_acc": val["acc"], "learning_rate": lr}
+                                cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode, mix, ema)
+        val, scored = validate(net, ema, val_loader, batches, amp, tta, cfg["monitor"])
+        metrics = {"epoch": epoch, **train, **val, "learning_rate": lr}
         if scheduler is not None and step_on == "epoch":
             scheduler.step()
         elif scheduler is not None and step_on == "plateau":
@@ -307,7 +346,11 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             progress.train_images += len(train_set)
             progress.train_loop_seconds += len(train_set) / train["images_per_sec"]
         if progress.update(metrics, cfg["monitor"], cfg["min_delta"]):
-            save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": metrics, "classes": data.classes,
+            weights = "ema" if ema is not None and scored is ema.module else "raw"
+            progress.best_weights = weights if ema is not None else None
+            best_model = ema.module if weights == "ema" else model
+            save_atomic({"model": best_model.state_dict(), "epoch": epoch, "metrics": metrics,
+                         "classes": data.classes, "weights": weights,
                          "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
                         best_path)
         progress.epoch = epoch
@@ -317,21 +360,27 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
-                     "phase": phase}, last_path)
+                     "phase": phase, **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
+        ema_note = f" (EMA {val['val_acc_ema']:.4f}, raw {val['val_acc_raw']:.4f})" if ema is not None else ""
         tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
-                   f"  val_loss {val['loss']:.4f}  val_acc {val['acc']:.4f}  lr {lr:.2e}"
+                   f"  val_loss {val['val_loss']:.4f}  val_acc {val['val_acc']:.4f}{ema_note}  lr {lr:.2e}"
                    f"  {train['images_per_sec']:.0f} img/s  {metrics['epoch_seconds']:.1f}s")
         if stop:
             tqdm.write(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
             break
 
-    summary = {**progress_summary(progress), **(extra or {})}
+    summary = {**progress_summary(progress), **(extra or {}),
+               "tricks": {"mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
+                          "ema_decay": ema.decay if ema else None, "tta": tta}}
     if test:
         if not best_path.exists():
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
         model.load_state_dict(load_checkpoint(best_path, device)["model"])
         test_loader = device_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
-        scores = evaluate(net, test_loader, batches, amp, desc="test")
+        scores = evaluate(net, test_loader, batches, amp, desc="test", tta=tta)
         summary.update(test_acc=scores["acc"], test_loss=scores["loss"])
+        if tta != "none":  # what the test-time augmentation gave
+            plain = evaluate(net, test_loader, batches, amp, desc="test without TTA")
+            summary.update(test_acc_no_tta=plain["acc"], test_loss_no_tta=plain["loss"])
         tqdm.write(f"test (best epoch {progress.best_epoch}): loss {scores['loss']:.4f}  acc {scores['acc']:.4f}")
     return summary
