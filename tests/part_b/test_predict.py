@@ -100,6 +100,25 @@ def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_report
     assert differs  # the two members really are different models
 
 
+def test_predict_uses_the_runs_tta_unless_told_otherwise(runs, tmp_path):
+    state = torch.load(runs["runs"] / "seed0" / "best.pt", weights_only=True)
+    state["config"]["tta"] = "flip"
+    torch.save(state, tmp_path / "flip.pt")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    flip = Predictor([tmp_path / "flip.pt"], torch.device("cpu"))
+    plain = Predictor([tmp_path / "flip.pt"], torch.device("cpu"), tta="none")
+    assert (flip.tta, plain.tta) == ("flip", "none")
+    model = flip.models[0]
+    x = (images.float() - flip.mean) / flip.std
+    with torch.no_grad():
+        expected = ((model(x) + model(x.flip(-1))) / 2).softmax(-1)
+        torch.testing.assert_close(flip(images), expected)
+        torch.testing.assert_close(plain(images), model(x).softmax(-1))
+    assert not torch.allclose(flip(images), plain(images))
+    ensemble = Predictor([tmp_path / "flip.pt", runs["runs"] / "seed1" / "best.pt"], torch.device("cpu"))
+    assert ensemble.tta == "flip"  # the first checkpoint's
+
+
 def test_an_ensemble_needs_one_architecture(runs, tmp_path):
     state = torch.load(runs["runs"] / "seed1" / "best.pt", weights_only=True)
     state["config"]["input_size"] = 64

@@ -76,9 +76,10 @@ def test_agent_command_equals_wandb_agent():
     assert ours == theirs
 
 
-def test_agent_command_line_parses_back_to_the_sampled_config():
+@pytest.mark.parametrize("yaml_file", ["cnn.yaml", "cnn_tricks.yaml"])
+def test_agent_command_line_parses_back_to_the_sampled_config(yaml_file):
     sweeps = search_engine()
-    sweep = load_sweep(CNN_YAML)
+    sweep = load_sweep(ROOT / "sweeps" / yaml_file)
     for _ in range(20):
         run = sweeps.next_run({**sweep, "method": "random"}, [])
         params = {k: spec["value"] for k, spec in run.config.items()}
