@@ -4,7 +4,7 @@ part_a/train.py run in <out_dir>/<variant>-s<seed>: finished runs are reused (th
 ones resumed, so the command can be stopped and rerun. Test-time augmentation is ablated on the trained runs'
 best.pt (it changes no training). Prints a markdown table and writes it, with every run's figures, as JSON.
 
-    python bench/ablation.py                                  # 10 runs, 10-13 min each on 2 CPU cores
+    python bench/ablation.py                                  # 8 runs, 9-12 min each on 2 CPU cores
     python bench/ablation.py --variants defaults,recipe --seeds 0
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ VARIANTS = {
     "sgd": ("SGD Nesterov 0.05, onecycle, wd 5e-4, label smoothing 0.1", SGD),
     "recipe": (f"--config {RECIPE.relative_to(ROOT)}: sgd + EMA + TTA flip_crops", [f"--config={RECIPE}"]),
     "recipe_mix": ("recipe + mixup 0.1 / CutMix 1.0", [f"--config={RECIPE}", "--mixup=0.1", "--cutmix=1.0"]),
-    "recipe_no_ema": ("recipe without EMA", [f"--config={RECIPE}", "--ema=false"]),
 }
 TTA_MODES = ("none", "flip", "flip_crops")
+EARLY_EPOCH = 3
 
 
 def same(key: str, saved, wanted) -> bool:
@@ -92,13 +92,16 @@ def without_ema(run_dir: Path, summary: dict) -> float | None:
     return summary["test_acc"] if summary.get("best_weights") == "raw" and summary["best_epoch"] == first_best else None
 
 
-def row(name: str, label: str, accs: list[float], done: list[dict]) -> str:
+def row(name: str, label: str, accs: list[float], done: list[dict], early_key: str = "val_acc") -> str:
+    """A table row: `early_key` names the validation metric whose value after epoch 3 (hyperband's first check in
+    the sweep YAMLs) is shown."""
     per_seed = " / ".join(f"{a:.3f}" for a in accs)
     val = statistics.mean(r["summary"]["val_acc"] for r in done)
-    minutes = statistics.mean(r["summary"]["train_seconds"] / 60 for r in done)
+    early = statistics.mean(r["history"][EARLY_EPOCH - 1][early_key] for r in done)
+    epoch_seconds = " / ".join(f"{statistics.median(h['epoch_seconds'] for h in r['history']):.0f}" for r in done)
     weights = " / ".join(r["summary"].get("best_weights", "raw") for r in done)
-    return (f"| {name} | {label} | {val:.3f} | {per_seed} | **{statistics.mean(accs):.3f}** | {weights} | "
-            f"{minutes:.1f} |")
+    return (f"| {name} | {label} | {early:.3f} | {val:.3f} | {per_seed} | **{statistics.mean(accs):.3f}** | "
+            f"{weights} | {epoch_seconds} |")
 
 
 def main() -> int:
@@ -121,10 +124,11 @@ def main() -> int:
             summary = train_run(run_dir, [f"--data={args.data}", *ARCH, *VARIANTS[name][1], f"--seed={seed}"])
             tta = summary.get("tricks", {}).get("tta", "none") != "none"
             ema = summary.get("tricks", {}).get("ema_decay") is not None
-            runs[f"{name}-s{seed}"] = {"summary": summary, "tta": tta_accuracies(run_dir) if tta else None,
+            runs[f"{name}-s{seed}"] = {"summary": summary, "history": read_history(run_dir),
+                                       "tta": tta_accuracies(run_dir) if tta else None,
                                        "without_ema": without_ema(run_dir, summary) if ema else None}
-    lines = ["| variant | what changes | val acc | test acc per seed | test acc (mean) | best.pt weights | "
-             "minutes per run |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | what changes | val acc after epoch {EARLY_EPOCH} | best val acc | test acc per seed | "
+             "test acc (mean) | best.pt weights | median epoch s |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         done = [runs[f"{name}-s{seed}"] for seed in seeds]
         lines.append(row(name, VARIANTS[name][0], [r["summary"]["test_acc"] for r in done], done))
@@ -134,7 +138,7 @@ def main() -> int:
                                  [r["tta"][mode] for r in done], done))
         if all(r["without_ema"] is not None for r in done):
             lines.append(row(f"{name}, EMA off", "the same runs: best.pt holds raw weights that a run without "
-                             "EMA keeps too", [r["without_ema"] for r in done], done))
+                             "EMA keeps too", [r["without_ema"] for r in done], done, "val_acc_raw"))
     table = "\n".join(lines)
     print(table)
     args.json.write_text(json.dumps({"command": "python bench/ablation.py " + " ".join(sys.argv[1:]),
