@@ -16,14 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from part_a.train import OPTIONS
 from sweepcnn.config import parse_args
-from sweepcnn.data.datasets import make_loader
+from sweepcnn.report.predictions import predict
 from sweepcnn.report.runs import load_run_data, load_run_model
-from sweepcnn.train.engine import evaluate, place_model
+from sweepcnn.train.engine import place_model
 from sweepcnn.tracking import read_history
 from sweepcnn.train.run_dir import RUNTIME_KEYS
 
@@ -61,8 +60,9 @@ def train_run(run_dir: Path, flags: list[str]) -> dict:
                   if k not in RUNTIME_KEYS - {"epochs"} and not same(k, saved.get(k, OPTIONS[k].default), v)}
         if differ:
             sys.exit(f"error: {run_dir} was trained with other flags {differ} (run: saved, wanted): move it away")
-    if summary_path.exists() and json.loads(summary_path.read_text()).get("status") == "finished":
-        return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("status") == "finished":
+        return summary
     resume = ["--resume"] if config_path.exists() else []
     command = [sys.executable, str(ROOT / "part_a" / "train.py"), *flags, f"--out_dir={run_dir.parent}",
                f"--run_name={run_dir.name}", "--test", "--report=false", "--wandb_mode=disabled", *resume]
@@ -76,10 +76,11 @@ def tta_accuracies(run_dir: Path) -> dict[str, float]:
     spec, cfg, classes, normalization = load_run_model(run_dir)
     data = load_run_data(run_dir, cfg, classes)
     _, amp, batches = place_model(spec.model, cfg, normalization)
-    loader = make_loader(data.test, 2 * cfg["batch_size"], False, {"balanced_sampler": False, "num_workers": 0},
-                         torch.Generator(), False)
-    return {mode: evaluate(spec.model, loader, batches, amp, desc=f"test {mode}", tta=mode)["acc"]
-            for mode in TTA_MODES}
+    accuracies = {}
+    for mode in TTA_MODES:
+        results = predict(spec.model, data.test, batches, amp, 2 * cfg["batch_size"], mode)
+        accuracies[mode] = (results.preds == results.labels).sum().item() / len(results.labels)
+    return accuracies
 
 
 def without_ema(run_dir: Path, summary: dict) -> float | None:

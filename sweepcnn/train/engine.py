@@ -56,6 +56,11 @@ ENGINE_OPTIONS = grouped("training", {
 }) | MIX_OPTIONS | EMA_OPTIONS | TTA_OPTIONS
 
 
+def gain(monitor: str, value: float, reference: float) -> float:
+    """How much better `value` of the metric `monitor` is than `reference` (negative: worse)."""
+    return value - reference if monitor == "val_acc" else reference - value
+
+
 @dataclass
 class Progress:
     """What carries from one epoch to the next, besides model/optimiser/scheduler states."""
@@ -78,8 +83,7 @@ class Progress:
 
     def update(self, metrics: dict, monitor: str, min_delta: float) -> bool:
         value = metrics[monitor]
-        sign = 1 if monitor == "val_acc" else -1
-        improved = self.best_value is None or sign * (value - self.best_value) > min_delta
+        improved = self.best_value is None or gain(monitor, value, self.best_value) > min_delta
         if improved:
             self.best_epoch, self.best_value, self.best_metrics, self.bad_epochs = metrics["epoch"], value, metrics, 0
         else:
@@ -247,7 +251,7 @@ def validate(net: nn.Module, ema: WeightAverage | None, loader, batches: Batches
     metrics.update(val_loss_raw=raw["loss"], val_acc_raw=raw["acc"], val_loss_ema=averaged["loss"],
                    val_acc_ema=averaged["acc"])
     key = monitor.removeprefix("val_")
-    if (averaged[key] > raw[key]) if monitor == "val_acc" else (averaged[key] < raw[key]):
+    if gain(monitor, averaged[key], raw[key]) > 0:
         metrics.update(val_loss=averaged["loss"], val_acc=averaged["acc"])
         return metrics, ema.module
     return metrics, net
