@@ -1,4 +1,4 @@
-"""The training-recipe ablation in the README: the assignment-sized CNN (5 blocks doubling from 32 filters, GELU,
+"""The training-recipe ablation of docs/accuracy.md: the assignment-sized CNN (5 blocks doubling from 32 filters, GELU,
 512 dense) on imagenette, 10 epochs at 128 px with the default augmentation, two seeds. Each variant is a
 part_a/train.py run in <out_dir>/<variant>-s<seed>: finished runs are reused (their config must match), unfinished
 ones resumed, so the command can be stopped and rerun. Test-time augmentation is ablated on the trained runs'

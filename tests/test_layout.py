@@ -1,4 +1,4 @@
-"""The package layout the README's "Layout" section describes: one import package, parts that plug in, short files,
+"""The package layout docs/layout.md describes: one import package, parts that plug in, short files,
 tests that mirror the package."""
 import ast
 import subprocess

@@ -49,8 +49,8 @@ ENGINE_OPTIONS = grouped("training", {
     "amp": Option("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16 or off",
                   choices=("auto", "bf16", "fp16", "off")),
     "channels_last": Option(True, "channels-last memory format (faster convolutions)", "bool"),
-    "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see README)",
-                      "bool"),
+    "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see "
+                             "docs/performance.md)", "bool"),
     "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
     "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
 }) | MIX_OPTIONS | EMA_OPTIONS | TTA_OPTIONS
