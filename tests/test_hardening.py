@@ -261,3 +261,57 @@ def test_bad_run_folder_invocations_exit_2_and_change_nothing(tmp_path):
     for args in RESUME_REFUSALS:
         run(f"--out_dir={out}", "--run_name=r", "--resume", *args)
         assert snapshot(out) == before, args
+
+
+# ---------------------------------------------------------------------------------------------- offline sweeps
+def _sweep_yaml(tmp_path, method: str, parameters: dict):
+    import yaml
+
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump({"program": "part_a/train.py", "method": method, "parameters": parameters,
+                                    "metric": {"name": "val_acc", "goal": "maximize"}}))
+    return path
+
+
+def _damaged_sweep_folder(tmp_path, state_text: str):
+    from sweepcnn.sweep.folder import SweepFolder
+
+    folder = SweepFolder(tmp_path / "sweep", {"method": "grid"})
+    folder.create(tmp_path / "grid.yaml")
+    folder.state_path.write_text(state_text)
+    return folder.root
+
+
+SWEEP_REFUSALS = {  # issue 17 item 8: (YAML method, parameters, extra flags, the folder it is given, in the error)
+    "grid with a continuous parameter": ("grid", {"learning_rate": {"min": 1e-3, "max": 0.1}}, [], None,
+                                         "disallowed type with grid search"),
+    "the same with two workers": ("grid", {"learning_rate": {"min": 1e-3, "max": 0.1}}, ["--workers=2"], None,
+                                  "disallowed type with grid search"),
+    "bayes with every parameter fixed": ("bayes", {"learning_rate": {"values": [0.01, 0.1]}},
+                                         ["--set", "learning_rate=0.01"], None, "searchable parameter"),
+    "a corrupt state.json": ("grid", {"learning_rate": {"values": [0.01]}}, [], '{"trials": [', "state.json"),
+    "a state.json of something else": ("grid", {"learning_rate": {"values": [0.01]}}, [], "[1, 2]", "state.json"),
+    "a read-only --sweep_dir": ("grid", {"learning_rate": {"values": [0.01]}}, [], "/sys/kernel", "--sweep_dir"),
+    "an impossible --sweep_dir": ("grid", {"learning_rate": {"values": [0.01]}}, [], "/proc/x", "--sweep_dir"),
+}
+
+
+@pytest.mark.parametrize("case", SWEEP_REFUSALS)
+def test_bad_offline_sweeps_exit_2_and_change_nothing(tmp_path, case):
+    from tests.sweepcnn.train.test_resume import snapshot
+
+    method, parameters, flags, folder, fragment = SWEEP_REFUSALS[case]
+    path = _sweep_yaml(tmp_path, method, parameters)
+    if folder is None:
+        sweep_dir = tmp_path / "sweep"
+    elif folder.startswith("/"):
+        sweep_dir = folder
+    else:
+        sweep_dir = _damaged_sweep_folder(tmp_path, folder)
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.sweep", str(path), "--count=2", f"--sweep_dir={sweep_dir}",
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and fragment in proc.stderr
+    assert snapshot(tmp_path) == before and not proc.stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from sweepcnn.errors import UserError
-from sweepcnn.io import atomic_write, file_lock
+from sweepcnn.io import atomic_write, check_writable, file_lock
 from sweepcnn.report.tables import write_csv
 from sweepcnn.sweep.spec import metric_goal, swept_names
 from sweepcnn.tracking import read_history, read_summary
@@ -38,11 +38,13 @@ class SweepFolder:
         self.state_path = root / "state.json"
 
     def create(self, source: Path) -> None:
-        """Start the sweep in this folder, or check that the folder holds this same sweep."""
-        self.runs.mkdir(parents=True, exist_ok=True)
+        """Start the sweep in this folder, or check that the folder holds this same sweep (nothing is written
+        when the folder cannot be written or holds another sweep or a damaged state)."""
+        check_writable(self.root, "--sweep_dir")
         with self.locked() as state:
             if state.get("sweep") not in (None, self.sweep):
                 raise UserError(f"{self.root} holds a different sweep (see its sweep.yaml): pick another --sweep_dir")
+            self.runs.mkdir(parents=True, exist_ok=True)
             if state.get("sweep") is None:
                 state.update(sweep=self.sweep, source=str(source), created=time.time(), trials=[])
                 atomic_write(self.root / "sweep.yaml", yaml.safe_dump(self.sweep, sort_keys=False))
@@ -51,11 +53,24 @@ class SweepFolder:
     def locked(self) -> Iterator[dict]:
         """The state, read under the lock; written back (atomically) before the lock is released if it changed."""
         with file_lock(self.root / "lock"):
-            state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+            state = self._read_state()
             before = json.dumps(state, sort_keys=True)
             yield state
             if json.dumps(state, sort_keys=True) != before:
                 atomic_write(self.state_path, json.dumps(state, indent=1))
+
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{self.state_path} cannot be read ({exc}): restore it, or pick another --sweep_dir for "
+                            "a new sweep") from None
+        if not isinstance(state, dict) or not isinstance(state.get("trials"), list) or "sweep" not in state:
+            raise UserError(f"{self.state_path} is not a sweep state (no `sweep` and `trials`): restore it, or pick "
+                            "another --sweep_dir for a new sweep")
+        return state
 
     def history(self, run_id: str) -> list[dict]:
         return read_history(self.runs / run_id)

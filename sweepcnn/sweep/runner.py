@@ -107,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         reap_lost_trials(folder, state, time.time())
         write_records(folder, state)
         states = [t["state"] for t in state["trials"]]
+        refusal = state.get("usage_error", {})
     summary = ", ".join(f"{states.count(s)} {s}" for s in STATES if states.count(s))
     print(f"{len(states)} trials ({summary}): {root / 'trials.csv'}", flush=True)
     if (root / "best.yaml").exists():
         print(f"best config: {root / 'best.yaml'}  ->  python {sweep['program']} --config {root / 'best.yaml'} --test")
+    if refusal.get("session") == task[-1]:
+        log = root / "runs" / refusal["run_id"] / "output.log"
+        raise UserError(f"trial {refusal['run_id']} was refused by {sweep['program']} ({refusal['line']}), so the "
+                        f"sweep stopped: fix the sweep YAML or --set (see {log})")
     if stopped:
         print(f"interrupted: {states.count('interrupted')} trial(s) saved as interrupted; run the same command again "
               "to resume them and continue the sweep", file=sys.stderr)

@@ -45,7 +45,20 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> dict:
         search_engine().config.SweepConfig(sweep)
     except Exception as exc:  # jsonschema's ValidationError and friends
         raise UserError(f"{path}: not a valid sweep config: {str(exc).splitlines()[0]}") from None
+    _check_searchable(sweep, path)
     return sweep
+
+
+def _check_searchable(sweep: dict, path: Path) -> None:
+    """The engine's first suggestion, so that a space it cannot search (a continuous parameter in a grid, a bayes
+    sweep whose parameters are all fixed) is refused before the sweep starts rather than in every worker."""
+    try:
+        search_engine().next_run(sweep, [], validate=False)
+    except ValueError as exc:
+        hint = {"grid": "give each parameter `values: [...]`, or use method: random or bayes",
+                "bayes": "search at least one parameter (`values:` or a distribution; --set fixes one), or use "
+                         "method: grid or random"}.get(sweep["method"], "fix its parameters")
+        raise UserError(f"{path}: {str(exc).splitlines()[0].rstrip('.')}; {hint}") from None
 
 
 def search_engine() -> Any:

@@ -30,6 +30,7 @@ POLL_SECONDS = 2.0
 HEARTBEAT_SECONDS = 10.0
 KILL_DELAY = 30.0  # after the stop or interrupt signal, as `wandb agent` waits before SIGKILL
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+USAGE_EXIT = 2  # a program's exit code for bad input (argparse's, and sweepcnn.errors.UserError's)
 TRIAL_ENV = "SWEEPCNN_SWEEP_TRIAL"  # set to 1 in every trial: the training run knows it is a sweep trial
 
 
@@ -184,11 +185,14 @@ def _outcome(folder: SweepFolder, run_id: str, code: int, stopped: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
-def _claim(folder: SweepFolder, state: dict, count: int) -> dict | str:
+def _claim(folder: SweepFolder, state: dict, count: int, session: str) -> dict | str:
     """The trial to run next: an interrupted one (resumed), else a new suggestion while the sweep has fewer than
-    `count`; or why there is none: "done", "exhausted" (a grid) or "wait" (an interrupted trial is still saving)."""
+    `count`; or why there is none: "done", "exhausted" (a grid), "wait" (an interrupted trial is still saving) or
+    "refused" (a trial of this command was refused by the program: no new one would fare better)."""
     for lost in reap_lost_trials(folder, state, time.time()):
         print(f"trial {lost['run_id']}: {lost['state']} (its worker is gone)", flush=True)
+    if state.get("usage_error", {}).get("session") == session:
+        return "refused"
     trials = state["trials"]
     now = time.time()
     mine = {"state": "running", "host": socket.gethostname(), "worker_pid": os.getpid(),
@@ -236,7 +240,7 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
     numpy.random.seed()
     while not interrupted():
         with folder.locked() as state:
-            trial = _claim(folder, state, count)
+            trial = _claim(folder, state, count, session)
             number = next((i for i, t in enumerate(state["trials"], 1) if t is trial), None)
             write_records(folder, state)
         if trial == "wait":
@@ -262,6 +266,9 @@ def _run_and_record(folder: SweepFolder, trial: dict, number: int, count: int, g
         for key in ("pid", "pid_start"):
             mine.pop(key, None)
         mine.update(state=outcome, exit_code=code, ended=time.time(), metric=metric_of(folder, run_id))
+        refusal = usage_error(folder, run_id) if code == USAGE_EXIT else None
+        if refusal and state.get("usage_error", {}).get("session") != session:  # the first of this command
+            state["usage_error"] = {"session": session, "run_id": run_id, "line": refusal}
         warning = _metric_warning(folder, state, mine, session)
         write_records(folder, state)
     name = metric_goal(sweep)[0]
@@ -270,6 +277,15 @@ def _run_and_record(folder: SweepFolder, trial: dict, number: int, count: int, g
     print(f"trial {number}/{count} {run_id} {outcome}: {name} {value}{hint}", flush=True)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+
+
+def usage_error(folder: SweepFolder, run_id: str) -> str | None:
+    """The `error:` line of a trial that the program refused (exit code 2, the project's usage-error code)."""
+    try:
+        lines = (folder.runs / run_id / "output.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line for line in reversed(lines) if line.startswith("error: ")), None)
 
 
 def worker_process(parent: int, *args) -> None:

@@ -22,6 +22,7 @@ from part_a.model import MODEL_OPTIONS
 from part_a.train import OPTIONS
 
 CNN_YAML = ROOT / "sweeps" / "cnn.yaml"
+STAND_IN = Path(__file__).parent / "stand_in.py"
 
 
 def test_yaml_metric_is_the_logged_key():
@@ -188,17 +189,36 @@ def test_two_workers_record_every_trial_once_then_a_rerun_continues(tmp_path):
     assert len(rerun) == 5 and [t["run_id"] for t in rerun[:4]] == [t["run_id"] for t in trials]
 
 
+def stand_in_sweep(tmp_path: Path, parameters: dict, method: str = "grid", **extra) -> Path:
+    """A sweep of tests/sweepcnn/sweep/stand_in.py, a program that trains nothing (fast)."""
+    sweep = {"program": str(STAND_IN), "method": method, "metric": {"name": "val_acc", "goal": "maximize"},
+             "parameters": parameters, **extra}
+    path = tmp_path / "stand_in.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
-    path = tiny_sweep(tmp_path, {"input_size": {"values": [16, 32]}}, method="grid")  # 16 < the CNN's minimum
+    path = stand_in_sweep(tmp_path, {"fail": {"values": ["crash", "none"]}})
     sweep_dir = tmp_path / "sweep"
     out = subprocess.run(sweep_cmd(path, sweep_dir, 3), cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     trials = read_trials(sweep_dir)
-    assert sorted((t["input_size"], t["state"]) for t in trials) == [("16", "failed"), ("32", "finished")]
+    assert sorted((t["fail"], t["state"]) for t in trials) == [("crash", "failed"), ("none", "finished")]
     assert "grid is exhausted" in out.stdout
-    assert "smallest input size that works is 32" in (sweep_dir / "runs" / trials[0]["run_id"] / "output.log"
-                                                      ).read_text() or trials[0]["input_size"] == "32"
-    assert yaml.safe_load((sweep_dir / "best.yaml").read_text())["input_size"] == 32
+    assert yaml.safe_load((sweep_dir / "best.yaml").read_text())["fail"] == "none"
+
+
+@pytest.mark.slow
+def test_a_parameter_the_program_refuses_stops_the_sweep_with_its_error(tmp_path):
+    path = tiny_sweep(tmp_path, {"input_size": {"values": [8, 16]}})  # below the CNN's minimum (32): refused
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 4, "--workers", "2"), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "was refused by part_a/train.py (error: " in out.stderr and "is too small" in out.stderr
+    trials = read_trials(sweep_dir)
+    assert 1 <= len(trials) <= 2 and {t["state"] for t in trials} == {"failed"}  # no trial claimed after it
 
 
 def test_hyperband_stops_a_hopeless_trial(tmp_path):
