@@ -64,6 +64,7 @@ def _exif_rotated() -> bytes:
     return exif.tobytes()
 
 
+@pytest.mark.slow
 def test_bad_input_corpus_end_to_end(tmp_path):
     data = tmp_path / "photos"
     loaded, skipped = build_corpus(data)
@@ -136,6 +137,7 @@ def test_every_flag_rejects_invalid_values_with_one_line(program, options):
     assert checked >= 2 * len([o for o in options.values() if o.kind != "str" or o.choices])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment", [
     (["--device=tpu"], "--device"),
     (["--batch_size=0"], "--batch_size"),
@@ -203,6 +205,7 @@ def test_key_patterns_catch_a_planted_key():
     assert any(p.search(planted) for p in KEY_PATTERNS)
 
 
+@pytest.mark.slow
 def test_the_wandb_key_never_reaches_the_run_folder(tmp_path):
     key = "0123456789abcdef" * 2 + "01234567"  # 40 hex characters, like a real key (not one)
     env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
@@ -236,6 +239,7 @@ RESUME_REFUSALS = [  # ... of a resume of run r: one error line, and config.yaml
 ]
 
 
+@pytest.mark.slow
 def test_bad_run_folder_invocations_exit_2_and_change_nothing(tmp_path):
     from tests.sweepcnn.train.test_resume import snapshot
 

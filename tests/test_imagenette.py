@@ -1,9 +1,12 @@
 """A short end-to-end run on a real photo subset (../shared/data/imagenette; skipped when absent)."""
 import json
 
+import pytest
+
 from tests.helpers import train
 
 
+@pytest.mark.slow
 def test_short_run_on_imagenette_subset_beats_chance(tmp_path, imagenette):
     train(f"--data={imagenette}", "--max_images_per_class=40", "--input_size=64", "--epochs=4", "--test",
           "--base_filters=16", "--learning_rate=3e-3", f"--out_dir={tmp_path}", "--run_name=r", "--deterministic")

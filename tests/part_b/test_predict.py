@@ -51,6 +51,7 @@ def rows(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.mark.slow
 def test_predictions_reproduce_the_runs_test_accuracy(runs, tmp_path):
     run = runs["runs"] / "seed0"
     split = json.loads((run / "split.json").read_text())
@@ -72,6 +73,7 @@ def test_predictions_reproduce_the_runs_test_accuracy(runs, tmp_path):
         assert row["prediction"] == split["classes"][probs.index(max(probs))] and row["error"] == ""
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_reported(runs, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(runs["data"] / "cat", images / "cat")
@@ -100,6 +102,7 @@ def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_report
     assert differs  # the two members really are different models
 
 
+@pytest.mark.slow
 def test_predict_uses_the_runs_tta_unless_told_otherwise(runs, tmp_path):
     state = torch.load(runs["runs"] / "seed0" / "best.pt", weights_only=True)
     state["config"]["tta"] = "flip"
@@ -119,6 +122,7 @@ def test_predict_uses_the_runs_tta_unless_told_otherwise(runs, tmp_path):
     assert ensemble.tta == "flip"  # the first checkpoint's
 
 
+@pytest.mark.slow
 def test_an_ensemble_needs_one_architecture(runs, tmp_path):
     state = torch.load(runs["runs"] / "seed1" / "best.pt", weights_only=True)
     state["config"]["input_size"] = 64
@@ -141,6 +145,7 @@ def write_run(folder: Path, **summary) -> None:
                                                  "total_params", "trainable_params")}}))
 
 
+@pytest.mark.slow
 def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path):
     sweep = tmp_path / "sweep"
     common = {"weights": "DEFAULT", "total_params": 1000, "train_seconds": 5.0, "images_per_sec": 50.0,
@@ -168,6 +173,7 @@ def test_compare_tables_pick_the_best_run_by_validation_accuracy(runs, tmp_path)
     assert (tmp_path / "out" / "trainable_params.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sweepcnn.report.compare", str(runs["runs"]), "--out",
                            str(tmp_path / "cmp"), "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
@@ -180,6 +186,7 @@ def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
     assert sum(f.endswith(".table.json") for f in files) == 2 and any(f.endswith(".png") for f in files)
 
 
+@pytest.mark.slow
 def test_compare_shows_part_a_runs_by_their_own_identity(runs, tmp_path):
     spec = part_a.rebuild({"input_size": 32, "base_filters": 4}, ["cat", "dog", "owl"])
     for name, val_acc in (("cnn1", 0.5), ("cnn2", 0.6)):

@@ -79,6 +79,7 @@ def test_an_input_size_off_the_patch_grid_is_refused_before_weights_are_read(tmp
     assert last.startswith("error: --input_size=200:") and "multiple of 16" in last and "192 and 208" in last
 
 
+@pytest.mark.slow
 def test_finetune_runs_at_another_size_and_its_best_checkpoint_rebuilds(saved, tmp_path):
     _, path = saved
     run_script("part_b/finetune.py", "--model=vit_b_16", f"--weights={path}", "--input_size=32", "--data=digits",

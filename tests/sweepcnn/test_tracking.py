@@ -86,6 +86,7 @@ def test_a_resumed_offline_run_holds_every_epoch_once_and_a_later_report_row_col
 
 
 # ------------------------------------------------------------------------------------------ conventions, artifacts
+@pytest.mark.slow
 def test_a_training_run_records_project_job_type_tags_config_and_its_model_artifact(tmp_path, offline):
     train("--data=digits", "--epochs=2", "--report=false", f"--out_dir={tmp_path}", "--run_name=r", *FAST, env=offline)
     run = run_record(offline_runs(tmp_path / "r")[0])
@@ -131,6 +132,7 @@ def test_log_model_all_adds_last_pt_and_false_or_an_interrupted_run_logs_none(tm
     assert run("interrupted", "best", "interrupted (SIGINT)") == []
 
 
+@pytest.mark.slow
 def test_a_finetuning_run_is_tagged_with_its_model_and_strategy(tmp_path, offline):
     data = write_class_folders(tmp_path / "data", per_class=6)
     run_script("part_b/finetune.py", f"--data={data}", "--model=efficientnet_lite0", "--input_size=32",
@@ -142,6 +144,7 @@ def test_a_finetuning_run_is_tagged_with_its_model_and_strategy(tmp_path, offlin
 
 
 # --------------------------------------------------------------------------------------------------- agent runs
+@pytest.mark.slow
 def test_a_simulated_agent_run_offline_is_grouped_by_its_sweep_and_warns_once(tmp_path, offline):
     params = tmp_path / "params.yaml"
     params.write_text("learning_rate: {value: 0.01}\nepochs: {value: 1}\n")

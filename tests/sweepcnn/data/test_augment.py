@@ -240,6 +240,7 @@ def test_training_batches_are_augmented_and_normalised_on_the_device():
     assert torch.equal(plain.augmented(None, torch.Generator())(images, labels)[0], base)
 
 
+@pytest.mark.slow
 def test_a_training_run_augments(tmp_path):
     from sweepcnn.tracking import read_history
     from tests.helpers import FAST, train

@@ -92,6 +92,7 @@ def test_changes_rebuild(tmp_path, count_decodes):
     assert len(count_decodes) == 73  # the cache of the changed files is still there
 
 
+@pytest.mark.slow
 def test_parallel_workers_match_in_process(tmp_path):
     paths = make_files(tmp_path / "img", n=40)
     serial = build(paths, tmp_path / "a")
@@ -139,6 +140,7 @@ def _build_in_other_process(paths, cache_dir, log, barrier, results):
     results.put(([str(p) for p in c.paths], c.skipped, hashlib.sha256(np.ascontiguousarray(c.pixels)).hexdigest()))
 
 
+@pytest.mark.slow
 def test_concurrent_builders_share_one_build(tmp_path):
     paths = make_files(tmp_path / "img")
     ctx = multiprocessing.get_context("spawn")  # like two sweep agents started at once
@@ -223,6 +225,7 @@ def _hold_lock(lock: Path, ready, release) -> None:
         release.wait(60)
 
 
+@pytest.mark.slow
 def test_stale_partial_files_are_removed_but_not_those_of_a_running_build(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()

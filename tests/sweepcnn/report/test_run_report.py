@@ -224,6 +224,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.slow
 def test_every_image_loads_in_headless_chromium(digits_run):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -498,6 +499,7 @@ def test_run_data_must_match_the_runs_classes_and_test_split(tmp_path):
         runs.load_run_data(tmp_path, cfg, classes)
 
 
+@pytest.mark.slow
 def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wandb_run(tmp_path):
     data = write_class_folders(tmp_path / "data")
     env = {**os.environ, "WANDB_MODE": "disabled"}

@@ -93,6 +93,7 @@ def test_agent_command_line_parses_back_to_the_sampled_config(yaml_file):
             assert cfg[key] == pytest.approx(value) if isinstance(value, float) else cfg[key] == value, key
 
 
+@pytest.mark.slow
 def test_sampled_command_trains_one_tiny_epoch(tmp_path):
     sweeps = search_engine()
     data = write_class_folders(tmp_path / "data", per_class=8)
@@ -163,6 +164,7 @@ def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_two_workers_record_every_trial_once_then_a_rerun_continues(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-3, "max": 3e-2},
                                  "batch_norm": {"values": [True, False]}})
@@ -221,6 +223,7 @@ def test_a_parameter_the_program_refuses_stops_the_sweep_with_its_error(tmp_path
     assert 1 <= len(trials) <= 2 and {t["state"] for t in trials} == {"failed"}  # no trial claimed after it
 
 
+@pytest.mark.slow
 def test_hyperband_stops_a_hopeless_trial(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.02, 0.01, 1e-9]}, "epochs": {"value": 50},
                                  "scheduler": {"value": "none"}},
@@ -235,6 +238,7 @@ def test_hyperband_stops_a_hopeless_trial(tmp_path):
     assert float(trials[1e-9]["val_acc"]) < max(float(trials[0.02]["val_acc"]), float(trials[0.01]["val_acc"]))
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_nothing(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02, 0.005]}, "epochs": {"value": 30}},
                       method="grid")
@@ -341,6 +345,7 @@ def test_lost_trials_are_told_from_live_ones(tmp_path):
                                                       "finished"]
 
 
+@pytest.mark.slow
 def test_one_of_three_workers_killed_then_all_killed_and_restarted(tmp_path):
     rates = [0.01, 0.02, 0.005, 0.03, 0.015, 0.008]
     path = tiny_sweep(tmp_path, {"learning_rate": {"values": rates}, "epochs": {"value": 25}}, method="grid")
@@ -382,6 +387,7 @@ def _trained_an_epoch(sweep_dir: Path) -> bool:
     return bool(running) and all((sweep_dir / "runs" / t["run_id"] / "metrics.jsonl").exists() for t in running)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,workers", [("grid", 2), ("random", 1), ("bayes", 1)])
 def test_ctrl_c_saves_the_trials_and_a_rerun_resumes_them(tmp_path, method, workers):
     if method == "grid":
@@ -426,6 +432,7 @@ def test_ctrl_c_saves_the_trials_and_a_rerun_resumes_them(tmp_path, method, work
     assert yaml.safe_load((sweep_dir / "best.yaml").read_text()) == best["params"]
 
 
+@pytest.mark.slow
 def test_a_killed_coordinator_leaves_no_training_process(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02]}, "epochs": {"value": 20}}, method="grid")
     sweep_dir = tmp_path / "sweep"
@@ -446,6 +453,7 @@ def test_a_killed_coordinator_leaves_no_training_process(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- metric, hyperband
+@pytest.mark.slow
 def test_a_metric_no_trial_logs_is_warned_about_once(tmp_path):
     path = tiny_sweep(tmp_path, {"learning_rate": {"values": [0.01, 0.02]}, "epochs": {"value": 1}}, method="grid")
     sweep = yaml.safe_load(path.read_text())

@@ -38,6 +38,7 @@ def test_other_write_errors_are_not_disguised(tmp_path, monkeypatch):
         save_atomic({"x": torch.zeros(1)}, tmp_path / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_training_with_one_error_line(tmp_path):
     # the second epoch's last.pt hits a full disk; the first epoch's checkpoint survives
     code = f"""

@@ -53,6 +53,7 @@ def test_a_signal_during_a_checkpoint_write_stops_the_run_after_the_write(tmp_pa
     assert not list(tmp_path.glob(".last.pt.*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
 def test_resume_with_more_epochs_extends_the_schedule(tmp_path, scheduler):
     args = ["--data=digits", "--max_images_per_class=30", f"--scheduler={scheduler}", f"--out_dir={tmp_path}",

@@ -3,6 +3,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sweepcnn.tracking import read_history
@@ -25,6 +26,7 @@ def assert_refused(proc, *fragments: str) -> None:
         assert fragment in proc.stderr, (fragment, proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_refused_resume_changes_nothing_and_names_what_may_change(tmp_path):
     train(*TINY, "--epochs=1", f"--out_dir={tmp_path}", "--run_name=r")
     before = snapshot(tmp_path / "r")
@@ -40,6 +42,7 @@ def test_a_refused_resume_changes_nothing_and_names_what_may_change(tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_run"] == 2
 
 
+@pytest.mark.slow
 def test_an_early_stopped_run_stays_stopped(tmp_path):
     # min_delta 1: no epoch after the first can improve val_acc, so --patience 1 stops the run after epoch 2
     args = [*TINY, "--epochs=20", "--patience=1", "--min_delta=1", f"--out_dir={tmp_path}", "--run_name=r"]
@@ -57,6 +60,7 @@ def test_an_early_stopped_run_stays_stopped(tmp_path):
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 3
 
 
+@pytest.mark.slow
 def test_a_run_that_never_started_is_started_by_resume(tmp_path):
     (tmp_path / "r").mkdir()  # killed during start-up: the folder, but no config.yaml
     proc = train("--resume", "--run_name=r", f"--out_dir={tmp_path}", *TINY, "--epochs=1")
@@ -64,6 +68,7 @@ def test_a_run_that_never_started_is_started_by_resume(tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_file_replaced_under_the_same_name_refuses_the_resume(tmp_path):
     data = write_class_folders(tmp_path / "photos", per_class=6)
     train(f"--data={data}", *FAST, "--epochs=1", f"--out_dir={tmp_path}", "--run_name=r")
@@ -82,6 +87,7 @@ def test_a_file_replaced_under_the_same_name_refuses_the_resume(tmp_path):
     assert snapshot(tmp_path / "r") == before
 
 
+@pytest.mark.slow
 def test_a_config_files_num_classes_is_not_an_explicit_flag(tmp_path):
     train(*TINY, "--epochs=1", f"--out_dir={tmp_path}", "--run_name=digits")
     assert yaml.safe_load((tmp_path / "digits" / "config.yaml").read_text())["num_classes"] == 10

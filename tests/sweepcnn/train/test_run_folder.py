@@ -42,6 +42,7 @@ def test_an_unwritable_folder_is_one_error_and_nothing_is_created(tmp_path, monk
     assert list((tmp_path / "locked").iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_resume_of_a_read_only_run_folder_is_one_error(tmp_path):
     train(*TINY, f"--out_dir={tmp_path}", "--run_name=r")
@@ -70,6 +71,7 @@ def interrupt_after(args: list[str], epochs: int, signum: int, env: dict) -> sub
     return proc
 
 
+@pytest.mark.slow
 def test_a_relaunch_with_the_same_wandb_run_id_resumes_then_leaves_a_finished_run_alone(tmp_path):
     env = {"WANDB_RUN_ID": "requeued1"}
     (tmp_path / "requeued1").mkdir()  # what a sweep runner creates before the trial starts

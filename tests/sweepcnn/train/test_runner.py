@@ -15,6 +15,7 @@ from sweepcnn.tracking import read_history
 from tests.helpers import FAST, ROOT, train, write_class_folders
 from tests.wandb_records import history_and_summary
 
+@pytest.mark.slow
 def test_digits_run_writes_every_artifact(tmp_path):
     train("--data=digits", "--epochs=2", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
     run = tmp_path / "r"
@@ -42,6 +43,7 @@ def test_digits_run_writes_every_artifact(tmp_path):
     assert checkpoint["epoch"] == best["epoch"]
 
 
+@pytest.mark.slow
 def test_test_metrics_come_from_the_best_checkpoint(tmp_path):
     """Re-evaluate best.pt on the saved test split independently and compare with the summary."""
     train("--data=digits", "--epochs=3", "--test", "--learning_rate=0.05", "--optimizer=sgd",
@@ -68,6 +70,7 @@ def test_test_metrics_come_from_the_best_checkpoint(tmp_path):
     assert accuracy == pytest.approx(summary["test_acc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_class_folder_dataset_trains(tmp_path):
     data = write_class_folders(tmp_path / "photos", per_class=12)
     train(f"--data={data}", "--epochs=1", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
@@ -76,6 +79,7 @@ def test_class_folder_dataset_trains(tmp_path):
     assert summary["test_acc"] is not None and len(split["test"]) == 3 and split["classes"] == ["cat", "dog", "owl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment", [
     (["--activation=swish"], "--activation: 'swish' is not valid"),
     (["--epochs=-2"], "--epochs: -2 is out of range"),
@@ -91,6 +95,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, args, fragment):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_never_overwritten(tmp_path):
     train("--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
     proc = train("--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", *FAST, check=False)
@@ -106,6 +111,7 @@ def _wait_for(path: Path, predicate, timeout=120):
     raise AssertionError(f"timed out waiting for {path}")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_exact(tmp_path):
     args = ["--data=digits", "--epochs=3", "--deterministic", "--test", "--scheduler=onecycle",
             "--augmentation=true", "--dropout_rate=0.3", f"--out_dir={tmp_path}", *FAST]
@@ -126,6 +132,7 @@ def test_resume_after_kill_is_exact(tmp_path):
     assert (a["test_acc"], a["test_loss"], a["val_acc"]) == (b["test_acc"], b["test_loss"], b["val_acc"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_finishes_the_offline_wandb_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "part_a/train.py", "--epochs=50", f"--out_dir={tmp_path}",
                              "--run_name=r", *FAST], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -165,6 +172,7 @@ def test_wandb_summary_holds_the_best_epoch(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "summary.json").read_text())["val_acc"] == 0.9
 
 
+@pytest.mark.slow
 def test_summary_holds_the_best_epoch_end_to_end(tmp_path):
     train("--epochs=3", f"--out_dir={tmp_path}", "--run_name=r", *FAST, env={"WANDB_MODE": "offline"})
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -175,6 +183,7 @@ def test_summary_holds_the_best_epoch_end_to_end(tmp_path):
     assert wandb_summary["params"] == summary["params"] and wandb_summary["flops"] == summary["flops"]
 
 
+@pytest.mark.slow
 def test_a_tested_run_writes_its_report_and_logs_it_to_its_wandb_run(tmp_path):
     train("--data=digits", "--epochs=1", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST,
           env={"WANDB_MODE": "offline"})
@@ -187,6 +196,7 @@ def test_a_tested_run_writes_its_report_and_logs_it_to_its_wandb_run(tmp_path):
     assert any(f.endswith(".png") and "report" in f for f in files), files
 
 
+@pytest.mark.slow
 def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(tmp_path):
     import random
 
@@ -225,6 +235,7 @@ def _wandb_records(run: Path) -> list:
     return [record for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")) for record in finished_records(path)]
 
 
+@pytest.mark.slow
 def test_sigterm_under_a_sweep_agent_ends_the_trial_as_a_finished_stopped_run(tmp_path):
     from tests.sweepcnn.train.test_resume import snapshot
     from tests.sweepcnn.train.test_run_folder import interrupt_after
@@ -248,6 +259,7 @@ def test_sigterm_under_a_sweep_agent_ends_the_trial_as_a_finished_stopped_run(tm
     assert "already stopped" in proc.stdout and snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_sigterm_of_an_offline_sweep_trial_is_a_stop_too(tmp_path):
     from tests.sweepcnn.train.test_run_folder import interrupt_after
 
@@ -257,6 +269,7 @@ def test_sigterm_of_an_offline_sweep_trial_is_a_stop_too(tmp_path):
     assert json.loads((tmp_path / "trial001" / "summary.json").read_text())["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_sigusr1_preempts_the_trial_and_its_relaunch_resumes(tmp_path):
     from tests.sweepcnn.train.test_run_folder import interrupt_after
 

@@ -2,6 +2,7 @@
 and EMA weights is selected and named, the report evaluates with the run's TTA, and resume is exact."""
 import json
 
+import pytest
 import torch
 
 from sweepcnn.tracking import read_history
@@ -12,6 +13,7 @@ from tests.wandb_records import history_and_summary, offline_runs, run_record
 TRICKS = ["--mixup=0.2", "--cutmix=1.0", "--mix_switch_prob=0.3", "--ema=true", "--ema_decay=0.9", "--tta=flip"]
 
 
+@pytest.mark.slow
 def test_tricks_reach_wandb_and_the_summary_and_ema_selects_the_best_checkpoint(tmp_path):
     train("--data=digits", "--epochs=3", "--test", f"--out_dir={tmp_path}", "--run_name=r", *FAST, *TRICKS,
           env={"WANDB_MODE": "offline"}, timeout=600)
@@ -35,6 +37,7 @@ def test_tricks_reach_wandb_and_the_summary_and_ema_selects_the_best_checkpoint(
     assert wandb_summary["report/test_acc"] == summary["test_acc"]  # the report evaluates with the run's --tta
 
 
+@pytest.mark.slow
 def test_resume_with_mixing_and_ema_is_exact(tmp_path):
     args = ["--data=digits", "--deterministic", "--scheduler=none", "--report=false", "--augmentation=true",
             f"--out_dir={tmp_path}", *FAST, *TRICKS]
