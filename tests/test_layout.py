@@ -51,6 +51,7 @@ def test_tests_mirror_the_package():
         assert list(folder.glob("test_*.py")), f"no tests in {folder.relative_to(ROOT)} for {package.name}"
 
 
+@pytest.mark.slow
 def test_import_sweepcnn_from_an_installed_checkout(tmp_path):
     """From another folder, as an installed package (pip install -e .), not through the current directory."""
     proc = subprocess.run([sys.executable, "-c", "import sweepcnn, sweepcnn.sweep.runner, part_a.part; "

@@ -23,6 +23,7 @@ def finetune(*args, env=None, check=True, timeout=600):
     return run_script("part_b/finetune.py", *args, env=env, check=check, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_exact_counts_without_reading_images(tmp_path):
     data = write_class_folders(tmp_path / "photos", classes=("a", "b", "c", "d"), per_class=3)
     proc = finetune("--model=vit_b_16", "--weights=none", "--strategy=all_except_k", "--k=3", "--dry_run",
@@ -38,6 +39,7 @@ def test_dry_run_prints_exact_counts_without_reading_images(tmp_path):
     assert not list(Path(os.environ["SWEEPCNN_CACHE"]).rglob("*.npy"))  # no image decoded
 
 
+@pytest.mark.slow
 def test_without_network_the_default_weights_error_says_what_to_do(tmp_path):
     # A proxy on a closed port: no download can succeed, whatever network this machine has.
     offline = {"TORCH_HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}

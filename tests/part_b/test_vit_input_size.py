@@ -64,6 +64,7 @@ def test_weights_at_their_own_size_give_the_original_outputs(saved):
         assert torch.equal(same(x), original(x))
 
 
+@pytest.mark.slow
 def test_an_input_size_off_the_patch_grid_is_refused_before_weights_are_read(tmp_path):
     # The file does not exist: reading it first would say so instead.
     with pytest.raises(UserError) as err:

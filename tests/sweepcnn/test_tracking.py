@@ -247,6 +247,7 @@ def test_the_settings_files_mode_is_used_below_the_flag_and_the_environment(home
     assert wandb_auth.resolve_mode(None) == "disabled" and wandb_auth.resolve_mode("online") == "online"
 
 
+@pytest.mark.slow
 def test_online_without_credentials_is_one_error_line_and_writes_nothing(home, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
     proc = subprocess.run([sys.executable, str(ROOT / "part_a/train.py"), "--data=digits", "--wandb_mode=online",

@@ -325,6 +325,7 @@ def test_cli_with_no_scored_trial_writes_what_it_can_and_says_so(tmp_path):
     assert "3 trials failed or crashed" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_logs_images_and_tables_to_an_offline_wandb_run(tmp_path):
     root = write_sweep(tmp_path / "s", synthetic_rows(8))
     out = tmp_path / "report"
