@@ -12,20 +12,23 @@ floor(S / 2^i); for even kernels torch pads one extra row/column at the bottom/r
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
-
-import torch
-from torch import nn
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from sweepcnn.config import Option, parse_value
 from sweepcnn.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 NUM_BLOCKS = 5
 MIN_INPUT_SIZE = 2 ** NUM_BLOCKS  # five MaxPool2d(2) with floor division: the last feature map is floor(S / 32)
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish,
-    "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "tanh": nn.Tanh,
+# --activation name -> its torch.nn class name (names, so that importing this module does not import torch)
+ACTIVATIONS: dict[str, str] = {
+    "relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "mish": "Mish",
+    "leaky_relu": "LeakyReLU", "elu": "ELU", "selu": "SELU", "tanh": "Tanh",
 }
 STRATEGIES = ("same", "doubling", "halving")
 
@@ -80,39 +83,53 @@ def resolve_cnn_config(config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-class CNN(nn.Module):
-    """features (5 conv blocks) -> classifier (flatten, dropout, dense, activation, dropout, output logits)."""
+@cache
+def _cnn_class() -> type[nn.Module]:
+    """The CNN class, defined on first use: the config half of this module (MODEL_OPTIONS, resolve_cnn_config) is
+    what counting.py and --help need, and they should not wait for torch to import."""
+    from torch import nn
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.config = cfg = resolve_cnn_config(config)
-        act = ACTIVATIONS[cfg["activation"]]
-        blocks, channels, size = [], cfg["in_channels"], cfg["input_size"]
-        for i, (filters, k) in enumerate(zip(cfg["filter_counts"], cfg["filter_sizes"]), start=1):
-            layers: list[tuple[str, nn.Module]] = [
-                ("conv", nn.Conv2d(channels, filters, k, padding="same", bias=not cfg["batch_norm"]))]
-            if cfg["batch_norm"]:
-                layers.append(("bn", nn.BatchNorm2d(filters)))
-            layers += [("act", act()), ("pool", nn.MaxPool2d(2))]
-            blocks.append((f"block{i}", nn.Sequential(OrderedDict(layers))))
-            channels, size = filters, size // 2
-        self.features = nn.Sequential(OrderedDict(blocks))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("flatten", nn.Flatten()),
-            ("drop1", nn.Dropout(cfg["dropout_rate"])),
-            ("fc", nn.Linear(channels * size * size, cfg["dense_neurons"])),
-            ("act", act()),
-            ("drop2", nn.Dropout(cfg["dropout_rate"])),
-            ("out", nn.Linear(cfg["dense_neurons"], cfg["num_classes"])),
-        ]))
+    class CNN(nn.Module):
+        """features (5 conv blocks) -> classifier (flatten, dropout, dense, activation, dropout, output logits)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        def __init__(self, config: dict[str, Any]) -> None:
+            super().__init__()
+            self.config = cfg = resolve_cnn_config(config)
+            act = getattr(nn, ACTIVATIONS[cfg["activation"]])
+            blocks, channels, size = [], cfg["in_channels"], cfg["input_size"]
+            for i, (filters, k) in enumerate(zip(cfg["filter_counts"], cfg["filter_sizes"]), start=1):
+                layers: list[tuple[str, nn.Module]] = [
+                    ("conv", nn.Conv2d(channels, filters, k, padding="same", bias=not cfg["batch_norm"]))]
+                if cfg["batch_norm"]:
+                    layers.append(("bn", nn.BatchNorm2d(filters)))
+                layers += [("act", act()), ("pool", nn.MaxPool2d(2))]
+                blocks.append((f"block{i}", nn.Sequential(OrderedDict(layers))))
+                channels, size = filters, size // 2
+            self.features = nn.Sequential(OrderedDict(blocks))
+            self.classifier = nn.Sequential(OrderedDict([
+                ("flatten", nn.Flatten()),
+                ("drop1", nn.Dropout(cfg["dropout_rate"])),
+                ("fc", nn.Linear(channels * size * size, cfg["dense_neurons"])),
+                ("act", act()),
+                ("drop2", nn.Dropout(cfg["dropout_rate"])),
+                ("out", nn.Linear(cfg["dense_neurons"], cfg["num_classes"])),
+            ]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x))
+
+    return CNN
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CNN":  # `from part_a.model import CNN` and `isinstance(m, CNN)` work as for a module-level class
+        return _cnn_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_cnn(config: dict[str, Any]) -> CNN:
     """Validate `config` (model keys only) and build the CNN with torch's default initialisation."""
-    return CNN(config)
+    return _cnn_class()(config)
 
 
 def first_conv(model: CNN) -> nn.Conv2d:

@@ -129,6 +129,18 @@ def test_cli_prints_a_table():
     assert f"{expected['params']:,}" in out.stdout and f"{expected['flops']:,}" in out.stdout
 
 
+@pytest.mark.parametrize("args", [[], ["--help"], ["--base_filters=16", "--filter_counts_strategy=doubling"]])
+def test_a_count_or_its_help_imports_neither_torch_nor_wandb(args):
+    """The counts are closed-form: printing them (or the flags) must not wait for torch to import."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['part_a/counting.py', *{args!r}]\n"
+            "try:\n    runpy.run_path('part_a/counting.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'wandb') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+    assert "params:" in out.stdout or "--base_filters" in out.stdout
+
+
 @pytest.mark.parametrize("flag", ["--bogus=1", "--input_size=31"])
 def test_cli_bad_flag_exits_2_with_one_line_error(flag):
     out = run_cli(flag)

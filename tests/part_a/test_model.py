@@ -100,7 +100,7 @@ def test_mixed_kernels_and_filter_counts():
 def test_every_activation_trains_one_step(activation):
     torch.manual_seed(0)
     model = build_cnn({**SMALL, "activation": activation, "dropout_rate": 0.0})
-    assert sum(isinstance(m, ACTIVATIONS[activation]) for m in model.modules()) == 6
+    assert sum(isinstance(m, getattr(nn, ACTIVATIONS[activation])) for m in model.modules()) == 6
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     before = [p.detach().clone() for p in model.parameters()]
