@@ -6,6 +6,8 @@ channels and FORMAT_VERSION, so any change to the file list or a file gives a ne
 renamed into place last, so only a finished build is ever found. Old caches are never deleted: clear the directory
 to reclaim the space. A build's partial file is removed when the build fails; one left by a killed build (its key's
 lock is free) is removed when the next build starts. A full disk is a UserError naming the space needed.
+A damaged entry (a deleted or truncated .npy, a .json that is unreadable or describes other images) is found when
+it is opened, reported in one warning line and rebuilt under its key's lock, as a missing one is built.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import errno
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,25 +60,65 @@ def build_image_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = _cache_key(paths, size, channels)
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if not meta.exists():
-        with file_lock(cache_dir / f"{key}.lock"):  # released also if this process dies
-            if not meta.exists():  # another process may have built it while we waited
-                remove_stale_partials(cache_dir, key)
-                needed = len(paths) * channels * size * size + 4096  # the .npy (pixels, header) and its .json
-                if shutil.disk_usage(cache_dir).free < needed:
-                    raise UserError(_no_space(cache_dir, len(paths), size, needed))
-                try:
-                    _build(paths, size, channels, npy, meta, num_workers, progress)
-                except OSError as exc:
-                    if exc.errno not in NO_SPACE:
-                        raise
-                    npy.unlink(missing_ok=True)  # written whole but without its .json: never used
-                    raise UserError(_no_space(cache_dir, len(paths), size, needed)) from None
-    info = json.loads(meta.read_text())
-    bad = dict(info["skipped"])
-    good = [p for i, p in enumerate(paths) if i not in bad]
-    pixels = np.load(npy, mmap_mode="r")[: len(good)]  # the file has len(bad) unused rows at the end
-    return CachedImages(good, [(paths[i], reason) for i, reason in info["skipped"]], pixels)
+    found = _open_cache(paths, size, channels, npy, meta)
+    if isinstance(found, CachedImages):
+        return found
+    with file_lock(cache_dir / f"{key}.lock"):  # released also if this process dies
+        found = _open_cache(paths, size, channels, npy, meta)  # another process may have built it while we waited
+        if isinstance(found, CachedImages):
+            return found
+        if found:  # a damaged entry: its .json exists but it cannot be read
+            print(f"warning: the decoded-image cache entry {meta.with_suffix('.*')} is damaged ({found}); "
+                  "rebuilding it", file=sys.stderr, flush=True)
+            meta.unlink()  # first: while it is rebuilt, the entry is missing rather than damaged
+            npy.unlink(missing_ok=True)
+        remove_stale_partials(cache_dir, key)
+        needed = len(paths) * channels * size * size + 4096  # the .npy (pixels, header) and its .json
+        if shutil.disk_usage(cache_dir).free < needed:
+            raise UserError(_no_space(cache_dir, len(paths), size, needed))
+        try:
+            _build(paths, size, channels, npy, meta, num_workers, progress)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            npy.unlink(missing_ok=True)  # written whole but without its .json: never used
+            raise UserError(_no_space(cache_dir, len(paths), size, needed)) from None
+    found = _open_cache(paths, size, channels, npy, meta)
+    if not isinstance(found, CachedImages):
+        raise RuntimeError(f"the image cache entry {meta} just built cannot be read: {found}")
+    return found
+
+
+def _open_cache(paths: list[Path], size: int, channels: int, npy: Path, meta: Path) -> CachedImages | str:
+    """The cache entry of `paths`; else "" when it does not exist (no .json), or what is wrong with it: a deleted or
+    truncated .npy, or a .json that is not what `_build` writes for these paths."""
+    try:
+        info = json.loads(meta.read_text())
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        return f"{meta.name}: {exc}"
+    try:
+        skipped = [(int(i), str(reason)) for i, reason in info["skipped"]]
+        good = len(paths) - len(skipped)
+        if info["paths"] != [str(p.absolute()) for p in paths] or info["shape"] != [good, channels, size, size]:
+            return f"{meta.name} describes other images"
+        bad = dict(skipped)
+        if len(bad) != len(skipped) or not all(0 <= i < len(paths) for i in bad):
+            return f"{meta.name} describes other images"
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"{meta.name}: missing or malformed {exc}"
+    try:
+        pixels = np.load(npy, mmap_mode="r")
+    except FileNotFoundError:
+        return f"{npy.name} is missing"
+    except (OSError, ValueError, EOFError) as exc:  # a truncated file fails to map, or to parse its header
+        return f"{npy.name}: {exc}"
+    if pixels.dtype != np.uint8 or pixels.shape != (len(paths), channels, size, size):
+        return f"{npy.name} holds {pixels.dtype} {list(pixels.shape)}"
+    kept = [p for i, p in enumerate(paths) if i not in bad]
+    # the file has len(bad) unused rows at the end
+    return CachedImages(kept, [(paths[i], reason) for i, reason in skipped], pixels[:good])
 
 
 def _size(n: int) -> str:

@@ -246,3 +246,73 @@ def test_stale_partial_files_are_removed_but_not_those_of_a_running_build(tmp_pa
     finally:
         release.set()
         holder.join(60)
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+DAMAGE = {  # each way a cache entry's files can be damaged: (which file, what is done to it)
+    "npy deleted": (".npy", lambda p: p.unlink()),
+    "npy truncated in its pixels": (".npy", lambda p: _truncate(p, p.stat().st_size // 2)),
+    "npy truncated in its header": (".npy", lambda p: _truncate(p, 20)),
+    "npy emptied": (".npy", lambda p: _truncate(p, 0)),
+    "npy of another shape": (".npy", lambda p: np.save(p, np.zeros((2, 3), np.uint8))),
+    "json truncated": (".json", lambda p: _truncate(p, p.stat().st_size // 2)),
+    "json not text": (".json", lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
+    "json of another shape": (".json", lambda p: p.write_text("[1, 2]")),
+    "json without skipped": (".json", lambda p: p.write_text(json.dumps(
+        {k: v for k, v in json.loads(p.read_text()).items() if k != "skipped"}))),
+    "json of other paths": (".json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "paths": ["/elsewhere.jpg"]}))),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_entry_is_rebuilt_with_one_warning(tmp_path, capsys, count_decodes, damage):
+    paths = make_files(tmp_path / "img")
+    build(paths, tmp_path / "cache")
+    suffix, harm = DAMAGE[damage]
+    harm(next((tmp_path / "cache").glob(f"*{suffix}")))
+    capsys.readouterr()
+
+    healed = build(paths, tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the decoded-image cache entry ") and err.count("\n") == 1, err
+    assert "damaged" in err and "rebuilding it" in err and str(tmp_path / "cache") in err
+    assert len(count_decodes) == 24  # decoded again
+    fresh = build(paths, tmp_path / "fresh")
+    assert healed.paths == fresh.paths and healed.skipped == fresh.skipped
+    assert np.array_equal(healed.pixels, fresh.pixels)
+    assert sorted(f.suffix for f in (tmp_path / "cache").iterdir()) == [".json", ".lock", ".npy"]
+
+    again = build(paths, tmp_path / "cache")  # healed for good: no warning, nothing decoded
+    assert capsys.readouterr().err == "" and len(count_decodes) == 36  # 36: the fresh build's 12
+    assert np.array_equal(again.pixels, fresh.pixels)
+
+
+def test_a_deleted_json_is_a_missing_entry_rebuilt_silently(tmp_path, capsys, count_decodes):
+    paths = make_files(tmp_path / "img")
+    first = build(paths, tmp_path / "cache")
+    next((tmp_path / "cache").glob("*.json")).unlink()  # as a build killed between its two renames leaves it
+    capsys.readouterr()
+    assert np.array_equal(build(paths, tmp_path / "cache").pixels, first.pixels)
+    assert capsys.readouterr().err == "" and len(count_decodes) == 24
+
+
+@pytest.mark.slow
+def test_a_run_after_the_cache_was_damaged_works_and_warns_once(tmp_path):
+    from tests.helpers import train, write_class_folders
+
+    photos = write_class_folders(tmp_path / "photos", per_class=4)
+    args = [f"--data={photos}", f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'runs'}", "--epochs=1",
+            "--input_size=32", "--base_filters=4", "--dense_neurons=8", "--batch_size=4", "--wandb_mode=disabled"]
+    train(*args, "--run_name=first")
+    npy = next((tmp_path / "cache").rglob("*.npy"))
+    _truncate(npy, npy.stat().st_size - 100)
+    second = train(*args, "--run_name=second")
+    warnings = [line for line in second.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cache entry" in warnings[0] and "damaged" in warnings[0], second.stderr
+    assert "Traceback" not in second.stderr
+    assert len((tmp_path / "runs" / "second" / "metrics.jsonl").read_text().splitlines()) == 1  # its one epoch
