@@ -8,6 +8,7 @@
 """
 from sweepcnn.config import grouped, run_cli
 from sweepcnn.data.augment import AUGMENT_OPTIONS
+from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import DATA_OPTIONS
 from sweepcnn.train.engine import ENGINE_OPTIONS
 from sweepcnn.train.optim import OPTIM_OPTIONS
@@ -27,6 +28,7 @@ def prepare(cfg: dict) -> tuple[int, int]:
         resolve_cnn_config(model_config(cfg))
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    check_batch_size(cfg["batch_size"], cfg["batch_norm"], "--batch_norm false")
     return cfg["input_size"], cfg["in_channels"]
 
 

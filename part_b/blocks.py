@@ -284,6 +284,14 @@ def is_frozen_batchnorm(module: nn.Module) -> bool:
         not any(p.requires_grad for p in params)
 
 
+def trains_batchnorm(model: nn.Module, layout: Layout, frozen: int, train_frozen_bn: bool) -> bool:
+    """Whether a BatchNorm layer is in training mode (uses batch statistics) with the first `frozen` blocks frozen,
+    as frozen_batchnorm_eval leaves them (or all of them, with `train_frozen_bn`)."""
+    freeze(model, layout, frozen)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (train_frozen_bn or not is_frozen_batchnorm(m))
+               for m in model.modules())
+
+
 def frozen_batchnorm_eval(model: nn.Module) -> Callable[[], None]:
     """For sweepcnn.train.engine.fit's train_mode: after model.train(), BatchNorm layers with frozen parameters go
     back to eval mode, so their running statistics stay as loaded. Decided at each call, so it follows phase

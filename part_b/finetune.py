@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from sweepcnn.config import Option, grouped, parse_args, run_cli
 from sweepcnn.data.augment import AUGMENT_OPTIONS
+from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
@@ -25,7 +26,7 @@ from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
 from part_b.blocks import (STRATEGIES, block_parameters, check_k, check_layout, freeze, frozen_batchnorm_eval,
-                           frozen_count, param_groups)
+                           frozen_count, param_groups, trains_batchnorm)
 from part_b.models import Backbone, gray_normalization, load_backbone, replace_head
 from part_b.part import identity, interpretability_layers, label, rebuild
 
@@ -112,7 +113,12 @@ class FineTune:
         if key != self.key:
             self.backbone = load_backbone(cfg["model"], cfg["weights"], cfg["input_size"], cfg["in_channels"])
             self.key = key
-        check_k(cfg["strategy"], cfg["k"], self.backbone.layout, cfg["model"])
+        layout = self.backbone.layout
+        check_k(cfg["strategy"], cfg["k"], layout, cfg["model"])
+        frozen = frozen_count(cfg["strategy"], cfg["k"], len(layout.blocks))  # fine_tune's second phase too
+        check_batch_size(cfg["batch_size"], trains_batchnorm(self.backbone.model, layout, frozen,
+                                                             cfg["train_frozen_bn"]),
+                         "a --strategy that freezes every block with BatchNorm layers, without --train_frozen_bn")
         return self.input_size(cfg), cfg["in_channels"]
 
     def input_size(self, cfg: dict) -> int:

@@ -229,6 +229,7 @@ FRESH_REFUSALS = [  # issue 11's bad invocations of a new run: one error line, a
     ["--data={photos}", "--cache_dir={a_file}"],
     ["--data={photos}", "--cache_dir=/proc/x"],
     ["--data={photos}", "--num_classes=5"],
+    ["--batch_size=1"],  # BatchNorm trains (issue 17)
 ]
 RESUME_REFUSALS = [  # ... of a resume of run r: one error line, and config.yaml, checkpoints, metrics stay as they were
     ["--base_filters=16"],

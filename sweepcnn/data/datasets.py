@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
 from sweepcnn.io import check_writable
 from sweepcnn.paths import default_cache_dir
+from sweepcnn.data.batches import NoBatchOfOne, note_dropped_batch
 from sweepcnn.data.cache import build_image_cache
 from sweepcnn.data.folders import check_same_classes, class_files, relative
 from sweepcnn.data.splits import stratified_split
@@ -218,12 +219,17 @@ def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float]
 def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
                 pin_memory: bool) -> DataLoader:
     """Training loaders shuffle (or sample by inverse class frequency) from `generator`, which the engine reseeds
-    every epoch: the shuffling order then depends only on (seed, epoch)."""
-    sampler = None
-    if train and cfg["balanced_sampler"]:
+    every epoch: the shuffling order then depends only on (seed, epoch). They drop a final batch of one image
+    (sweepcnn.data.batches)."""
+    if not train:
+        return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=cfg["num_workers"],
+                          pin_memory=pin_memory, generator=generator, collate_fn=_already_batched)
+    if cfg["balanced_sampler"]:
         per_class = np.bincount(images.labels)
         weights = torch.as_tensor(1.0 / per_class[images.labels], dtype=torch.double)
         sampler = WeightedRandomSampler(weights, len(images), replacement=True, generator=generator)
-    return DataLoader(images, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=cfg["num_workers"], pin_memory=pin_memory, generator=generator,
-                      collate_fn=_already_batched, drop_last=False)
+    else:
+        sampler = RandomSampler(images, generator=generator)
+    note_dropped_batch(len(images), batch_size)
+    return DataLoader(images, batch_sampler=NoBatchOfOne(sampler, batch_size), num_workers=cfg["num_workers"],
+                      pin_memory=pin_memory, generator=generator, collate_fn=_already_batched)

@@ -163,3 +163,23 @@ def test_a_weights_file_that_is_not_a_state_dict_is_named_for_what_it_is(tmp_pat
     assert "is a text file" in text and "torch.save(model.state_dict(), path)" in text  # before: "... dict: 101"
     pickled = _refused(*common, f"--weights={tmp_path / 'model.pth'}")
     assert "a pickled torch.nn.modules.linear.Linear object, not a state dict" in pickled
+
+
+@pytest.mark.slow
+def test_a_last_training_batch_of_one_image_is_dropped_instead_of_crashing_batchnorm(tmp_path):
+    data = write_class_folders(tmp_path / "photos", per_class=5)  # 9 training images: batches of 4, 4 and 1
+    proc = finetune(f"--data={data}", *TINY, "--batch_size=4", "--strategy=none", "--epochs=1", "--amp=off",
+                    f"--out_dir={tmp_path / 'runs'}", "--run_name=r", "--wandb_mode=disabled", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # before: "Expected more than 1 value per channel"
+    assert "note: 9 training images at --batch_size 4 leave a last batch of one image" in proc.stderr
+
+
+def test_batch_size_1_is_refused_while_batchnorm_trains_and_nothing_is_written(tmp_path):
+    args = [*TINY, "--batch_size=1", f"--out_dir={tmp_path / 'runs'}", "--wandb_mode=disabled"]
+    for refused in (["--strategy=none"], ["--strategy=all_except_last", "--train_frozen_bn"]):
+        proc = finetune(*args, *refused, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --batch_size 1: this model trains BatchNorm")
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "runs").exists(), proc.stderr
+    # every BatchNorm layer frozen (in eval mode): a batch of one trains
+    allowed = finetune(*args, "--strategy=all_except_last", "--dry_run", "--num_classes=3", check=False)
+    assert allowed.returncode == 0, allowed.stderr
