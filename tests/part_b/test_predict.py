@@ -1,5 +1,5 @@
-"""part_b/predict.py (one model, torch.func ensembles, unreadable images) and sweepcnn.report.compare on real Part B
-runs (and Part A runs beside them)."""
+"""part_b/predict.py = sweepcnn.predict (one model, torch.func ensembles, runs of either part, unreadable images,
+--out checked first) and sweepcnn.report.compare on real Part B runs (and Part A runs beside them)."""
 import csv
 import io
 import json
@@ -19,8 +19,9 @@ from sweepcnn.report.compare import compare
 from sweepcnn.train.record import RECORD, write_record
 from part_a import part as part_a
 from part_b import part as part_b
-from part_b.predict import Predictor, image_files
-from part_b.predict import predict as predict_rows
+from part_b.predict import standalone
+from sweepcnn.predict import Predictor, image_files
+from sweepcnn.predict import predict as predict_rows
 from tests.wandb_records import history_and_summary
 
 
@@ -106,31 +107,106 @@ def test_ensemble_is_the_average_of_its_members_and_unreadable_images_are_report
 def test_predict_uses_the_runs_tta_unless_told_otherwise(runs, tmp_path):
     state = torch.load(runs["runs"] / "seed0" / "best.pt", weights_only=True)
     state["config"]["tta"] = "flip"
-    torch.save(state, tmp_path / "flip.pt")
+    torch.save(state, tmp_path / "flip.pt")  # outside its run folder: Part B's config says how to rebuild it
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    flip = Predictor([tmp_path / "flip.pt"], torch.device("cpu"))
-    plain = Predictor([tmp_path / "flip.pt"], torch.device("cpu"), tta="none")
-    assert (flip.tta, plain.tta) == ("flip", "none")
-    model = flip.models[0]
-    x = (images.float() - flip.mean) / flip.std
+    flip = Predictor([tmp_path / "flip.pt"], torch.device("cpu"), standalone=standalone)
+    plain = Predictor([tmp_path / "flip.pt"], torch.device("cpu"), tta="none", standalone=standalone)
+    assert (flip.tta, plain.tta) == ("flip", "none") and flip.inputs == [(32, 3)]
+    model, group = flip.models[0], flip.groups[0]
+    x = (images.float() - group.mean) / group.std
     with torch.no_grad():
         expected = ((model(x) + model(x.flip(-1))) / 2).softmax(-1)
-        torch.testing.assert_close(flip(images), expected)
-        torch.testing.assert_close(plain(images), model(x).softmax(-1))
-    assert not torch.allclose(flip(images), plain(images))
-    ensemble = Predictor([tmp_path / "flip.pt", runs["runs"] / "seed1" / "best.pt"], torch.device("cpu"))
+        torch.testing.assert_close(flip({(32, 3): images}), expected)
+        torch.testing.assert_close(plain({(32, 3): images}), model(x).softmax(-1))
+    assert not torch.allclose(flip({(32, 3): images}), plain({(32, 3): images}))
+    ensemble = Predictor([tmp_path / "flip.pt", runs["runs"] / "seed1" / "best.pt"], torch.device("cpu"),
+                         standalone=standalone)
     assert ensemble.tta == "flip"  # the first checkpoint's
 
 
+@pytest.fixture(scope="module")
+def part_a_run(runs) -> Path:
+    """A short Part A run on the same photos (same classes) at another input size than the Part B runs."""
+    env = {**os.environ, "SWEEPCNN_CACHE": str(runs["runs"].parent / "cache")}
+    proc = subprocess.run([sys.executable, "part_a/train.py", f"--data={runs['data']}", "--input_size=40",
+                           "--base_filters=4", "--dense_neurons=8", "--batch_size=8", "--epochs=2", "--amp=off",
+                           "--test", "--report=false", "--wandb_mode=disabled", f"--out_dir={runs['runs'].parent}",
+                           "--run_name=part_a"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return runs["runs"].parent / "part_a"
+
+
+def _copy_test_split(run: Path, data: Path, images: Path) -> dict:
+    split = json.loads((run / "split.json").read_text())
+    for name, _ in split["test"]:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / name, images / name)
+    return dict(split["test"])
+
+
 @pytest.mark.slow
-def test_an_ensemble_needs_one_architecture(runs, tmp_path):
-    state = torch.load(runs["runs"] / "seed1" / "best.pt", weights_only=True)
-    state["config"]["input_size"] = 64
-    torch.save(state, tmp_path / "other.pt")
-    proc = predict("--checkpoints", runs["runs"] / "seed0" / "best.pt", tmp_path / "other.pt", "--images",
-                   runs["data"], check=False)
-    assert proc.returncode == 2 and "an ensemble needs one architecture" in proc.stderr
+def test_a_part_a_run_predicts_its_test_accuracy(runs, part_a_run, tmp_path):
+    truth = _copy_test_split(part_a_run, runs["data"], tmp_path / "images")
+    for command in (["part_b/predict.py"], ["-m", "sweepcnn.predict"]):  # its run folder stands for its best.pt
+        proc = subprocess.run([sys.executable, *command, "--checkpoints", str(part_a_run), "--images",
+                               str(tmp_path / "images")], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        predicted = {row["file"]: row["prediction"] for row in rows(proc.stdout)}
+        accuracy = sum(predicted[f] == label for f, label in truth.items()) / len(truth)
+        assert accuracy == pytest.approx(json.loads((part_a_run / "summary.json").read_text())["test_acc"])
+    shutil.copy(part_a_run / "best.pt", tmp_path / "copied.pt")  # a Part A config does not say how to rebuild it
+    proc = predict("--checkpoints", tmp_path / "copied.pt", "--images", tmp_path / "images", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --checkpoints: no run.json beside")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_an_ensemble_may_mix_parts_and_input_sizes_of_one_list_of_classes(runs, part_a_run, tmp_path):
+    checkpoints = [part_a_run / "best.pt", runs["runs"] / "seed0" / "best.pt", runs["runs"] / "seed1" / "best.pt"]
+    files, root = image_files(runs["data"] / "dog")
+    single = [predict_rows(Predictor([c], torch.device("cpu")), files, root, 5) for c in checkpoints]
+    mixed = Predictor(checkpoints, torch.device("cpu"))
+    assert mixed.inputs == [(40, 3), (32, 3)] and [len(g.models) for g in mixed.groups] == [1, 2]  # B's: batched
+    ensemble = predict_rows(mixed, files, root, 5)
+    for i, row in enumerate(ensemble):
+        for c in ("cat", "dog", "owl"):
+            assert row[f"p_{c}"] == pytest.approx(sum(s[i][f"p_{c}"] for s in single) / 3, abs=1e-5)
+
+    state = torch.load(checkpoints[1], weights_only=True)
+    state["classes"] = ["cat", "owl", "dog"]
+    torch.save(state, tmp_path / "reordered.pt")
+    proc = predict("--checkpoints", part_a_run, tmp_path / "reordered.pt", "--images", runs["data"], check=False)
+    assert proc.returncode == 2 and "an ensemble averages one list of classes" in proc.stderr
+    assert proc.stderr.startswith("error: --checkpoints: ") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_bad_out_is_refused_before_anything_is_loaded_and_no_input_is_overwritten(runs, tmp_path):
+    run = runs["runs"] / "seed0"
+    images = tmp_path / "images"
+    shutil.copytree(runs["data"] / "owl", images / "owl")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")  # loading it would be the error
+    (tmp_path / "a_file").write_text("x")
+    watched = [run / "best.pt", run / RECORD, images / "owl" / "img_000.jpg"]
+    before = [p.read_bytes() for p in watched]
+    (tmp_path / "link.csv").symlink_to(run / "best.pt")
+    cases = {
+        tmp_path / "missing" / "preds.csv": "does not exist",
+        tmp_path / "a_file" / "preds.csv": "is not a folder",
+        tmp_path: "is a folder",
+        Path("/sys/kernel/preds.csv"): "cannot write to /sys/kernel",  # read-only, even for root
+        run / "best.pt": "is an input",
+        run / RECORD: "is an input",
+        images / "owl" / "img_000.jpg": "is an input",
+        tmp_path / "link.csv": "is an input",
+    }
+    for out, fragment in cases.items():
+        proc = predict("--checkpoints", run / "best.pt", tmp_path / "corrupt.pt", "--images", images, "--out", out,
+                       check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --out: "), (out, proc.stderr)
+        assert fragment in proc.stderr and proc.stderr.count("\n") == 1 and proc.stdout == "", (out, proc.stderr)
+    assert [p.read_bytes() for p in watched] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "corrupt.pt", "images", "link.csv"]
 
 
 def write_run(folder: Path, **summary) -> None:

@@ -11,7 +11,7 @@ from sweepcnn.errors import UserError
 from tests.helpers import run_script
 from part_b.finetune import main
 from part_b.models import load_backbone
-from part_b.predict import Predictor
+from sweepcnn.predict import Predictor
 
 SAVED_SIZE = 64
 
@@ -89,4 +89,4 @@ def test_finetune_runs_at_another_size_and_its_best_checkpoint_rebuilds(saved, t
     run = tmp_path / "r"
     assert json.loads((run / "summary.json").read_text())["input_size"] == 32
     predictor = Predictor([run / "best.pt"], torch.device("cpu"))  # rebuild() without downloads, strict load
-    assert predictor.size == 32 and predictor.models[0].encoder.pos_embedding.shape == (1, 5, 768)
+    assert predictor.inputs == [(32, 3)] and predictor.models[0].encoder.pos_embedding.shape == (1, 5, 768)
