@@ -174,6 +174,7 @@ def test_a_last_training_batch_of_one_image_is_dropped_instead_of_crashing_batch
     assert "note: 9 training images at --batch_size 4 leave a last batch of one image" in proc.stderr
 
 
+@pytest.mark.slow
 def test_batch_size_1_is_refused_while_batchnorm_trains_and_nothing_is_written(tmp_path):
     args = [*TINY, "--batch_size=1", f"--out_dir={tmp_path / 'runs'}", "--wandb_mode=disabled"]
     for refused in (["--strategy=none"], ["--strategy=all_except_last", "--train_frozen_bn"]):
