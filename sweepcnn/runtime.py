@@ -87,8 +87,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere on: bf16 tensor cores (a T4 is 7.5)
+
+
 def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """`auto` picks bfloat16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+    """`auto`: bfloat16 where the hardware runs it natively (CUDA of compute capability 8.0 on, CPUs with
+    AVX512-BF16/AMX); float16 (with a GradScaler) on older CUDA GPUs, where torch.cuda.is_bf16_supported() says yes
+    but emulates it without tensor cores; elsewhere (CPUs without, MPS) off."""
     if name == "off":
         return None
     if name == "bf16":
@@ -96,10 +101,16 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     if name == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY
+        return torch.bfloat16 if native else torch.float16
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The precision a run computes in, as summary.json and the W&B config record it (amp_dtype)."""
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16", None: "float32"}[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 from tests.helpers import IMAGENETTE
 
@@ -9,6 +10,15 @@ from tests.helpers import IMAGENETTE
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(autouse=True)

@@ -23,11 +23,13 @@ from sweepcnn.data.augment import Augment, augmenter
 from sweepcnn.data.datasets import Data
 from sweepcnn.data.device_data import device_loader
 from sweepcnn.errors import UserError
-from sweepcnn.runtime import autocast, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, rng_state, seed_everything,
+                              set_rng_state)
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
 from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
 from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
 from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_scheduler
+from sweepcnn.train.totals import CHECK_EVERY, Sums, Totals
 from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
 
 AUGMENT_SEED = 2**40  # offsets the augmentation generator's seed from the shuffling one's
@@ -46,8 +48,9 @@ ENGINE_OPTIONS = grouped("training", {
     "min_delta": Option(0.0, "early stopping: smallest change that counts as improvement", "float", min=0),
     "monitor": Option(METRIC, "metric that selects the best checkpoint and drives early stopping",
                       choices=("val_acc", "val_loss")),
-    "amp": Option("auto", "mixed precision: auto (bf16 where the hardware has it), bf16, fp16 or off",
-                  choices=("auto", "bf16", "fp16", "off")),
+    "amp": Option("auto", "mixed precision: auto (bf16 where native: CUDA compute capability 8.0+, CPUs with "
+                          "AMX/AVX512-BF16; fp16 with loss scaling on older GPUs such as the T4; else off), bf16, "
+                          "fp16 or off", choices=("auto", "bf16", "fp16", "off")),
     "channels_last": Option(True, "channels-last memory format (faster convolutions)", "bool"),
     "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see "
                              "docs/performance.md)", "bool"),
@@ -130,26 +133,29 @@ class Batches:
         return images.float().sub_(self.mean).div_(self.std), labels
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None, desc: str = "eval",
              keep_outputs: bool = False, tta: str = "none") -> dict[str, Any]:
     """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits.
-    `tta`: the logits are the mean over the test-time views (sweepcnn.train.tta)."""
+    `tta`: the logits are the mean over the test-time views (sweepcnn.train.tta). Waits for the device once."""
     model.eval()
-    total_loss, correct, count, outputs = 0.0, 0, 0, []
+    totals, outputs = Totals(batches.device), []
     for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         images, labels = batches(images, labels)
         with autocast(batches.device, amp):
             logits = tta_logits(model, images, tta)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
+        totals.add(F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum(), len(labels))
         if keep_outputs:
-            outputs.append(logits.cpu())
-    result = {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
+            outputs.append(logits)
+    sums = totals.read()
+    result = {"loss": sums.mean_loss(), "acc": sums.accuracy()}
     if keep_outputs:
-        result["logits"] = torch.cat(outputs) if outputs else torch.empty(0)
+        result["logits"] = torch.cat(outputs).cpu() if outputs else torch.empty(0)
     return result
+
+
+def nonfinite_loss(sums: Sums) -> FloatingPointError:
+    return FloatingPointError(f"training loss is {sums.nonfinite}: lower --learning_rate or set --grad_clip")
 
 
 def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, loss_fn, scheduler, step_on: str,
@@ -157,15 +163,15 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
                     mix: Mixer | None = None, ema: WeightAverage | None = None) -> dict[str, float]:
     """One pass over the training batches. With `mix`, train_acc is the share of the (unsmoothed) mixed targets'
     mass on the predicted classes: accuracy when nothing is mixed, lam or 1 - lam for a prediction of either image
-    of a pair."""
+    of a pair. A step never waits for the device: the sums stay there (sweepcnn.train.totals), read every
+    CHECK_EVERY steps (the progress bar; a non-finite loss raises FloatingPointError) and at the end."""
     model.train()
     if train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
         train_mode()
-    total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), device=batches.device)
-    count = 0
+    totals = Totals(batches.device)
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
+    for step, (images, labels) in enumerate(bar, 1):
         images, labels = batches(images, labels)
         targets = labels
         if mix is not None:
@@ -173,8 +179,6 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
         with autocast(batches.device, amp):
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()}: lower --learning_rate or set --grad_clip")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip is not None:
@@ -186,14 +190,20 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
             ema.update()
         if scheduler is not None and step_on == "batch":
             scheduler.step()
-        # Accumulate on the device: no host sync per batch.
-        total_loss += loss.detach() * len(labels)
         predicted = logits.detach().argmax(1)
-        correct += targets.gather(1, predicted[:, None]).sum() if mix is not None else (predicted == labels).sum()
-        count += len(labels)
+        correct = targets.gather(1, predicted[:, None]).sum() if mix is not None else (predicted == labels).sum()
+        totals.add(loss * len(labels), correct, len(labels))
+        if step % CHECK_EVERY == 0:
+            sums = totals.read()
+            if not sums.finite:
+                raise nonfinite_loss(sums)
+            bar.set_postfix(loss=f"{sums.mean_loss():.4f}", acc=f"{sums.accuracy():.4f}", refresh=False)
+    sums = totals.read()
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss.item() / max(count, 1), "train_acc": correct.item() / max(count, 1),
-            "images_per_sec": count / seconds if seconds > 0 else 0.0}
+    if not sums.finite:
+        raise nonfinite_loss(sums)
+    return {"train_loss": sums.mean_loss(), "train_acc": sums.accuracy(),
+            "images_per_sec": sums.count / seconds if seconds > 0 else 0.0}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -221,6 +231,11 @@ def place_model(model: nn.Module, cfg: dict, normalization: tuple[list[float], l
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     return device, resolve_amp(cfg["amp"], device), Batches(*normalization, device, cfg["channels_last"])
+
+
+def amp_dtype(cfg: dict) -> str:
+    """The precision that cfg's --amp computes in on its --device, by name (summary.json and W&B: amp_dtype)."""
+    return amp_name(resolve_amp(cfg["amp"], resolve_device(cfg["device"])))
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -290,7 +305,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     def start_phase(index: int):
         end = starts[index + 1] if index + 1 < len(phases) else cfg["epochs"]
         phase_cfg = {**cfg, **phases[index].overrides, "epochs": end - starts[index]}
-        optimizer = build_optimizer(phases[index].param_groups(), phase_cfg)
+        optimizer = build_optimizer(phases[index].param_groups(), phase_cfg, fused=device.type == "cuda")
         return (optimizer, *build_scheduler(optimizer, phase_cfg, len(train_loader)))
 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -373,7 +388,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             tqdm.write(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
             break
 
-    summary = {**progress_summary(progress), **(extra or {}),
+    summary = {**progress_summary(progress), **(extra or {}), "amp_dtype": amp_name(amp),
                "tricks": {"mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
                           "ema_decay": ema.decay if ema else None, "tta": tta}}
     if test:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sweepcnn.config import Option, grouped
 
@@ -64,7 +63,8 @@ class Mixer:
             images[..., top:bottom, left:right] = images.flip(0)[..., top:bottom, left:right]
         elif lam < 1.0:
             images = images.mul(lam).add_(images.flip(0), alpha=1.0 - lam)
-        targets = F.one_hot(labels, self.num_classes).float()
+        # scatter, not F.one_hot: on the CPU one_hot reads the labels' min and max back to check them
+        targets = torch.zeros(len(labels), self.num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
         self.last_lam = lam
         return images, targets * lam + targets.flip(0) * (1.0 - lam)
 

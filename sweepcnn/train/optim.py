@@ -42,18 +42,22 @@ OPTIM_OPTIONS = grouped("optimiser and schedule", {
 })
 
 
-def build_optimizer(params: Iterable, cfg: dict) -> torch.optim.Optimizer:
-    """cfg's optimiser over `params` (tensors, or groups as dicts with their own "lr")."""
+def build_optimizer(params: Iterable, cfg: dict, fused: bool = False) -> torch.optim.Optimizer:
+    """cfg's optimiser over `params` (tensors, or groups as dicts with their own "lr"). `fused` (for CUDA): one
+    kernel per step for sgd, adam and adamw, which also take fp16's GradScaler step without reading its inf check
+    back to the host every step (rmsprop has no fused form)."""
     lr, wd = cfg["learning_rate"], cfg["weight_decay"]
     name = cfg["optimizer"]
+    fused_kw = {"fused": True} if fused else {}
     if name == "sgd":
         if cfg["nesterov"] and cfg["momentum"] == 0:
             raise UserError("--nesterov=true needs --momentum > 0")
-        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=wd,
+                               **fused_kw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused_kw)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused_kw)
     return torch.optim.RMSprop(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from sweepcnn.config import Option, grouped, parse_args, parse_value
 from sweepcnn.data.datasets import Data, channel_stats, check_cache_dir, load_data
 from sweepcnn.train.record import write_record
-from sweepcnn.train.engine import Phase, fit
+from sweepcnn.train.engine import Phase, amp_dtype, fit
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import (Interrupted, install_signal_handlers, seed_everything, set_deterministic,
                           tune_allocator)
@@ -113,7 +113,7 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
             size, channels = prepare(cfg)
             data = _read_data(cfg, explicit, size, channels)
             write_run_files(run_dir, cfg, options, data.split_record(cfg["split_seed"]))
-        tracker.update_config(cfg)
+        tracker.update_config({**cfg, "amp_dtype": amp_dtype(cfg)})
         spec = build(cfg, data)
         tracker.tag(spec.rebuild, spec.identity)
         write_record(run_dir, spec, size, channels)

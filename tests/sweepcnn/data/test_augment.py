@@ -211,7 +211,7 @@ def test_augmenter_reads_its_own_flags():
     assert on.names == DEFAULT and on.channels == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_draws_the_same_augmentation_as_cpu():
     batch = _photos(16, 64)
     for names in (DEFAULT, list(AUGMENTATIONS)):

@@ -66,7 +66,7 @@ def test_on_cpu_the_plain_loader(digits):
     assert isinstance(device_loader(digits.train, 64, True, CFG, torch.Generator(), torch.device("cpu")), DataLoader)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_keeps_a_split_that_fits_on_the_gpu_and_prefetches_one_that_does_not(digits):
     cuda = torch.device("cuda")
     resident = device_loader(digits.train, 64, True, CFG, torch.Generator().manual_seed(0), cuda)
