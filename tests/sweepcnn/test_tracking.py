@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sweepcnn import wandb_auth
 from sweepcnn.errors import UserError
+from sweepcnn.runtime import amp_name, resolve_amp
 from sweepcnn.tracking import RUNTIME_KEYS, Tracker, read_history, warn_agent_offline
 from tests.helpers import FAST, ROOT, run_script, train, write_class_folders
 from tests.wandb_records import finished_records, history_and_summary, offline_runs, run_record
@@ -95,6 +97,8 @@ def test_a_training_run_records_project_job_type_tags_config_and_its_model_artif
     assert not RUNTIME_KEYS & set(run["config"]), RUNTIME_KEYS & set(run["config"])
     assert run["config"]["num_classes"] == 10 and run["config"]["learning_rate"] == 0.001
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    ran = amp_name(resolve_amp("auto", torch.device("cpu")))  # the precision that ran, by the same rule
+    assert run["config"]["amp_dtype"] == summary["amp_dtype"] == ran
     [artifact] = run["artifacts"]
     assert (artifact["name"], artifact["type"], artifact["files"]) == (f"model-{run['run_id']}", "model", ["best.pt"])
     assert sorted(artifact["aliases"]) == ["best", "latest"]
