@@ -269,13 +269,27 @@ def test_bad_run_folder_invocations_exit_2_and_change_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- offline sweeps
-def _sweep_yaml(tmp_path, method: str, parameters: dict):
+def _sweep_yaml(tmp_path, method: str, parameters: dict, command: list[str] | None = None):
     import yaml
 
     path = tmp_path / f"{method}.yaml"
     path.write_text(yaml.safe_dump({"program": "part_a/train.py", "method": method, "parameters": parameters,
-                                    "metric": {"name": "val_acc", "goal": "maximize"}}))
+                                    "metric": {"name": "val_acc", "goal": "maximize"},
+                                    **({"command": command} if command else {})}))
     return path
+
+
+def _assert_sweep_refused(tmp_path, path, sweep_dir, flags: list[str], fragment: str) -> None:
+    """One error line with `fragment`, exit 2, no traceback, nothing under tmp_path changed."""
+    from tests.sweepcnn.train.test_resume import snapshot
+
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "sweepcnn.sweep", str(path), "--count=2", f"--sweep_dir={sweep_dir}",
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and fragment in proc.stderr, proc.stderr
+    assert snapshot(tmp_path) == before and not proc.stdout
 
 
 def _damaged_sweep_folder(tmp_path, state_text: str):
@@ -303,8 +317,6 @@ SWEEP_REFUSALS = {  # issue 17 item 8: (YAML method, parameters, extra flags, th
 
 @pytest.mark.parametrize("case", SWEEP_REFUSALS)
 def test_bad_offline_sweeps_exit_2_and_change_nothing(tmp_path, case):
-    from tests.sweepcnn.train.test_resume import snapshot
-
     method, parameters, flags, folder, fragment = SWEEP_REFUSALS[case]
     path = _sweep_yaml(tmp_path, method, parameters)
     if folder is None:
@@ -313,10 +325,23 @@ def test_bad_offline_sweeps_exit_2_and_change_nothing(tmp_path, case):
         sweep_dir = folder
     else:
         sweep_dir = _damaged_sweep_folder(tmp_path, folder)
-    before = snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "sweepcnn.sweep", str(path), "--count=2", f"--sweep_dir={sweep_dir}",
-                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and fragment in proc.stderr
-    assert snapshot(tmp_path) == before and not proc.stdout
+    _assert_sweep_refused(tmp_path, path, sweep_dir, flags, fragment)
+
+
+TORCHRUN = ["torchrun", "--nproc_per_node=2", "${program}", "${args}"]
+LAUNCH_REFUSALS = {  # issue 18: trials of several processes (the YAML's command, flags, in the error)
+    "GPUs that do not split into trials": (None, ["--gpus=0,1,2", "--gpus_per_trial=2"], "does not divide"),
+    "more workers than GPU groups": (None, ["--gpus=0,1,2,3", "--gpus_per_trial=2", "--workers=3"],
+                                     "at most 2 trial(s) at a time"),
+    "zero processes per trial": (None, ["--gpus_per_trial=0"], "--gpus_per_trial must be at least 1"),
+    "a command torchrun cannot wrap": (["${program}", "${args}"], ["--gpus_per_trial=2"], "${interpreter} ${program}"),
+    "a torchrun YAML and another count": (TORCHRUN, ["--gpus_per_trial=4"], "give one of the two"),
+    "a multi-node torchrun YAML": (["torchrun", "--nnodes=2", *TORCHRUN[1:]], [], "--nnodes=2"),
+}
+
+
+@pytest.mark.parametrize("case", LAUNCH_REFUSALS)
+def test_bad_multi_process_trials_exit_2_and_change_nothing(tmp_path, case):
+    command, flags, fragment = LAUNCH_REFUSALS[case]
+    path = _sweep_yaml(tmp_path, "grid", {"learning_rate": {"values": [0.01]}}, command)
+    _assert_sweep_refused(tmp_path, path, tmp_path / "sweep", flags, fragment)

@@ -23,8 +23,9 @@ import numpy
 
 from sweepcnn.sweep.folder import (SweepFolder, logged_keys, metric_of, process_start, reap_lost_trials,
                                    trial_process_alive, write_records)
-from sweepcnn.sweep.spec import agent_command, metric_goal, swept_names
+from sweepcnn.sweep.spec import metric_goal, swept_names
 from sweepcnn.sweep.suggest import new_run_id, should_stop, suggest
+from sweepcnn.sweep.torchrun import trial_command
 
 POLL_SECONDS = 2.0
 HEARTBEAT_SECONDS = 10.0
@@ -100,6 +101,27 @@ def _die_with(parent: int) -> Callable[[], None]:
     return set_deathsig
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a trial and every process under it: torchrun's workers run in sessions of their own, so killing
+    torchrun alone would leave them training."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, added = {pid}, True
+    while added:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        added = bool(below)
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # ---------------------------------------------------------------------------------------------------- one trial
 def _trial_params(folder: SweepFolder, trial: dict) -> dict:
     """The trial's parameters as command-line flags; a trial that got as far as its config resumes its run folder."""
@@ -110,9 +132,10 @@ def _trial_params(folder: SweepFolder, trial: dict) -> dict:
 
 
 def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = POLL_SECONDS,
-              threads: int | None = None) -> tuple[str, int | None]:
-    """Launch one trial, keep its heartbeat, stop it when hyperband says so. Returns (state, exit code).
-    `threads` sets OMP_NUM_THREADS (unless set already), so parallel trials do not oversubscribe the cores."""
+              threads: int | None = None, procs: int = 1) -> tuple[str, int | None]:
+    """Launch one trial (through torchrun with `procs` processes when more than one), keep its heartbeat, stop it
+    when hyperband says so. Returns (state, exit code). `gpu` is its CUDA_VISIBLE_DEVICES; `threads` sets
+    OMP_NUM_THREADS (unless set already), so parallel trials do not oversubscribe the cores."""
     run_id = trial["run_id"]
     run_dir = folder.runs / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +146,7 @@ def run_trial(folder: SweepFolder, trial: dict, gpu: str | None, poll: float = P
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
-    command = agent_command(folder.sweep, _trial_params(folder, trial))
+    command = trial_command(folder.sweep, _trial_params(folder, trial), procs)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
     if interrupted():
         return "interrupted", None
@@ -158,7 +181,7 @@ def _watch(folder: SweepFolder, proc: subprocess.Popen, run_id: str, poll: float
             signalled = now
         if signalled is not None or stopped is not None:  # the trial is saving: give it KILL_DELAY
             if now - (signalled or stopped) > KILL_DELAY:
-                proc.kill()
+                _kill_tree(proc.pid)
             continue
         if now - last_beat >= HEARTBEAT_SECONDS or folder.sweep.get("early_terminate"):
             with folder.locked() as state:
@@ -230,7 +253,7 @@ def _metric_warning(folder: SweepFolder, state: dict, trial: dict, session: str)
 
 
 def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: float = POLL_SECONDS,
-           threads: int | None = None, session: str = "") -> bool:
+           threads: int | None = None, procs: int = 1, session: str = "") -> bool:
     """Claim and run trials until the sweep has `count` of them and none left to resume (or a grid is exhausted).
     Returns whether it was interrupted. The caller has called catch_interrupts()."""
     folder = SweepFolder(Path(root), sweep)
@@ -250,17 +273,17 @@ def worker(root: str, sweep: dict, count: int, gpu: str | None = None, poll: flo
             if trial == "exhausted":
                 print("the grid is exhausted", flush=True)
             return False
-        _run_and_record(folder, trial, number, count, gpu, poll, threads, session)
+        _run_and_record(folder, trial, number, count, gpu, poll, threads, procs, session)
     return True
 
 
 def _run_and_record(folder: SweepFolder, trial: dict, number: int, count: int, gpu: str | None, poll: float,
-                    threads: int | None, session: str) -> None:
+                    threads: int | None, procs: int, session: str) -> None:
     run_id, sweep = trial["run_id"], folder.sweep
     shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in ((k, trial["params"][k]) for k in swept_names(sweep)))
     print(f"trial {number}/{count} {run_id} {'resumed' if trial.get('resumes') else 'started'}: {shown}", flush=True)
-    outcome, code = run_trial(folder, trial, gpu, poll, threads)
+    outcome, code = run_trial(folder, trial, gpu, poll, threads, procs)
     with folder.locked() as state:
         mine = _find(state, run_id)
         for key in ("pid", "pid_start"):
