@@ -152,7 +152,8 @@ def main(argv: list[str]) -> int:
     """python -m sweepcnn.report.compare PATH... [--out DIR] [--wandb_mode MODE] ..."""
     parser = ArgumentParser(prog="python -m sweepcnn.report.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, or folders of runs (e.g. a sweep's)")
-    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument("--out", type=Path, help="output folder (default: PATH/compare when the one PATH given is a "
+                                                 "folder of runs, else runs/compare)")
     parser.add_argument("--wandb_mode", choices=MODES, help="default: $WANDB_MODE, else online with an API key, "
                                                              "else offline")
     parser.add_argument("--wandb_project", help="default: $WANDB_PROJECT")

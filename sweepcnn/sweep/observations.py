@@ -66,14 +66,14 @@ def _correlation_sentences(sweep: Sweep, stats: list[ParamStat]) -> list[str]:
     defined = [s for s in stats if s.correlation is not None]
     lines = []
     if defined:
-        top = max(defined, key=lambda s: abs(s.correlation))
-        scale = " (log scale)" if top.encoding == "log10" else ""
-        direction = "higher" if top.correlation > 0 else "lower"
-        meaning = (f"trials with {top.feature} have {direction} {m}" if top.encoding == "one-hot" else
-                   f"{top.parameter}=True goes with {direction} {m}" if top.encoding == "0/1" else
-                   f"higher {top.parameter} goes with {direction} {m}")
-        lines.append(f"{top.feature}{scale} has the strongest correlation with {m}: {top.correlation:+.2f} "
-                     f"({meaning}).")
+        tied = _strongest(defined)
+        if len(tied) == 1:
+            lines.append(f"{_named(tied[0])} has the strongest correlation with {m}: {tied[0].correlation:+.2f} "
+                         f"({_meaning(tied[0], m)}).")
+        else:
+            each = "; ".join(f"{_named(s)} {s.correlation:+.2f} ({_meaning(s, m)})" for s in tied)
+            lines.append(f"{len(tied)} parameters tie for the strongest correlation with {m} (size "
+                         f"{abs(tied[0].correlation):.2f}): {each}.")
     elif len(sweep.scored) < 2:
         lines.append(f"Correlation needs at least 2 trials with a {m}; there is {len(sweep.scored)}.")
     else:
@@ -87,6 +87,28 @@ def _correlation_sentences(sweep: Sweep, stats: list[ParamStat]) -> list[str]:
         lines.append(f"Constant over the {len(sweep.scored)} trials with a {m}, so their correlation is undefined: "
                      f"{values}.")
     return lines
+
+
+def _strongest(defined: list[ParamStat]) -> list[ParamStat]:
+    """The features whose correlation is the largest in size as the report prints it (2 decimals), one per
+    parameter: the one-hot columns of a two-valued parameter always tie with each other, which is no tie."""
+    size = max(round(abs(s.correlation), 2) for s in defined)
+    tied: dict[str, ParamStat] = {}
+    for s in sorted(defined, key=lambda s: -abs(s.correlation)):
+        if round(abs(s.correlation), 2) == size:
+            tied.setdefault(s.parameter, s)
+    return list(tied.values())
+
+
+def _named(stat: ParamStat) -> str:
+    return stat.feature + (" (log scale)" if stat.encoding == "log10" else "")
+
+
+def _meaning(stat: ParamStat, m: str) -> str:
+    direction = "higher" if stat.correlation > 0 else "lower"
+    return (f"trials with {stat.feature} have {direction} {m}" if stat.encoding == "one-hot" else
+            f"{stat.parameter}=True goes with {direction} {m}" if stat.encoding == "0/1" else
+            f"higher {stat.parameter} goes with {direction} {m}")
 
 
 def _importance_sentence(sweep: Sweep, stats: list[ParamStat]) -> str:

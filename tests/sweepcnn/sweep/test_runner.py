@@ -2,6 +2,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,13 @@ def test_yaml_metric_is_the_logged_key():
     assert required <= set(swept_names(sweep))
     assert set(sweep["parameters"]) <= set(OPTIONS)  # every parameter is a train.py flag
     assert sweep["parameters"]["learning_rate"]["distribution"] == "log_uniform_values"
+
+
+@pytest.mark.parametrize("yaml_file", sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml")))
+def test_every_file_a_sweep_yaml_names_exists(yaml_file):
+    text = (ROOT / "sweeps" / yaml_file).read_text()
+    named = re.findall(r"\b(?:tests|part_a|part_b|sweepcnn|sweeps|docs)/[\w/.-]*\w\.(?:py|md|yaml)\b", text)
+    assert [path for path in named if not (ROOT / path).is_file()] == []
 
 
 def test_search_space_is_bounded():
