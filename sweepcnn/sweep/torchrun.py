@@ -18,6 +18,7 @@ from sweepcnn.sweep.spec import agent_command
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 NPROC = re.compile(r"^--nproc[_-]per[_-]node(?:=(.*))?$")
 # options that place a trial on several machines or on a fixed port: offline trials share one machine
+ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
 MULTI_NODE = re.compile(r"^--(nnodes|node[_-]rank|rdzv[_-]\w+|master[_-](addr|port))(=|$)")
 
 
@@ -70,6 +71,13 @@ def trial_command(sweep: dict, params: dict, procs: int) -> list[str]:
         raise UserError("--gpus_per_trial runs each trial through torchrun, which needs the sweep's command to run "
                         "${interpreter} ${program} (W&B's default) or to start with torchrun")
     return command[:at] + TORCHRUN + ["--standalone", f"--nproc_per_node={procs}"] + command[at + 1:]
+
+
+def root_cause_exit(log: str) -> int | None:
+    """The exit code of the process that brought the last torchrun in `log` down (torchrun itself exits 1 when a
+    rank fails, and names the first failure as the root cause), None if the log has no torchrun failure."""
+    causes = ROOT_CAUSE.findall(log)
+    return int(causes[-1]) if causes else None
 
 
 def gpu_groups(gpus: list[str], procs: int) -> list[str]:

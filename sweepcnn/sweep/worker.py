@@ -25,7 +25,7 @@ from sweepcnn.sweep.folder import (SweepFolder, logged_keys, metric_of, process_
                                    trial_process_alive, write_records)
 from sweepcnn.sweep.spec import metric_goal, swept_names
 from sweepcnn.sweep.suggest import new_run_id, should_stop, suggest
-from sweepcnn.sweep.torchrun import trial_command
+from sweepcnn.sweep.torchrun import root_cause_exit, trial_command
 
 POLL_SECONDS = 2.0
 HEARTBEAT_SECONDS = 10.0
@@ -289,7 +289,7 @@ def _run_and_record(folder: SweepFolder, trial: dict, number: int, count: int, g
         for key in ("pid", "pid_start"):
             mine.pop(key, None)
         mine.update(state=outcome, exit_code=code, ended=time.time(), metric=metric_of(folder, run_id))
-        refusal = usage_error(folder, run_id) if code == USAGE_EXIT else None
+        refusal = usage_error(folder, run_id, code) if code else None
         if refusal and state.get("usage_error", {}).get("session") != session:  # the first of this command
             state["usage_error"] = {"session": session, "run_id": run_id, "line": refusal}
         warning = _metric_warning(folder, state, mine, session)
@@ -302,13 +302,16 @@ def _run_and_record(folder: SweepFolder, trial: dict, number: int, count: int, g
         print(warning, file=sys.stderr, flush=True)
 
 
-def usage_error(folder: SweepFolder, run_id: str) -> str | None:
-    """The `error:` line of a trial that the program refused (exit code 2, the project's usage-error code)."""
+def usage_error(folder: SweepFolder, run_id: str, code: int) -> str | None:
+    """The `error:` line of a trial that the program refused: exit code 2 (the project's usage-error code), its
+    own or, under torchrun, that of the rank that failed first."""
     try:
-        lines = (folder.runs / run_id / "output.log").read_text(errors="replace").splitlines()
+        log = (folder.runs / run_id / "output.log").read_text(errors="replace")
     except OSError:
         return None
-    return next((line for line in reversed(lines) if line.startswith("error: ")), None)
+    if USAGE_EXIT not in (code, root_cause_exit(log)):
+        return None
+    return next((line for line in reversed(log.splitlines()) if line.startswith("error: ")), None)
 
 
 def worker_process(parent: int, *args) -> None:

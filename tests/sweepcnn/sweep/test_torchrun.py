@@ -143,3 +143,14 @@ def test_stopping_the_sweep_ends_torchrun_and_every_rank(tmp_path, stop):
         assert [(run_dir / f"signal{r}.txt").read_text() for r in (0, 1)] == ["SIGINT", "SIGINT"]
     wait_for(lambda: {t["state"] for t in state_trials(sweep_dir)} == {"interrupted"}, "the trials recorded",
              timeout=30)
+
+
+@pytest.mark.slow
+def test_a_rank_refusing_its_parameters_stops_the_sweep_with_its_error(tmp_path):
+    path = stand_in_sweep(tmp_path, {"fail": {"values": ["usage", "none"]}})  # torchrun itself exits 1
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 2, "--gpus_per_trial", "2"), cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr[-3000:]
+    assert out.stderr.count("\n") == 1 and "(error: --fail: 'usage' is refused" in out.stderr, out.stderr
+    assert [t["state"] for t in state_trials(sweep_dir)] == ["failed"]
