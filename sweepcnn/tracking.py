@@ -3,9 +3,11 @@
 The mode comes from --wandb_mode, else $WANDB_MODE, else W&B's settings files, else `online` when W&B credentials
 are configured and `offline` otherwise (sweepcnn.wandb_auth), so a run never blocks waiting for a server it cannot
 reach. Offline runs land in `<run_dir>/wandb/` and can be uploaded later with
-`wandb sync <run_dir>/wandb/offline-run-*`. W&B conventions: project `sweepcnn` unless one is given, a job type
-(`train`, `finetune`, `report`, `compare`, `sweep-report`), the sweep as group, tags (part, model, strategy), `epoch`
-as the x-axis of the per-epoch metrics, and a summary that holds the best epoch after every epoch.
+`wandb sync` of the newest `<run_dir>/wandb/offline-run-*` folder (a resumed offline run holds the whole history,
+see Tracker). W&B conventions: project `sweepcnn` unless one is given, a job type (`train`, `finetune`, `report`,
+`compare`, `sweep-report`), the sweep as group, tags (part, model, strategy), `epoch` as the x-axis of the per-epoch
+metrics, and a summary that holds the best epoch after every epoch. Name, tags, notes and group: sweepcnn.wandb_args.
+W&B prints nothing to the console but the line that says where the run is (its banner goes to its log files).
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from typing import Any
 
 import yaml
 
-from sweepcnn.artifacts import LOG_MODEL, log_model
+from sweepcnn.artifacts import LOG_MODEL, log_model, log_model_choice, use_dataset
 from sweepcnn.config import Option, grouped
 from sweepcnn.io import atomic_write, write_json
+from sweepcnn.wandb_args import WATCH, identity_args, quiet_settings, rewind_point, under_agent
+from sweepcnn.wandb_args import run_name as wandb_run_name
 from sweepcnn.wandb_auth import MODES, chosen_mode, credentials_source, resolve_mode
 
 TRACKING_OPTIONS = grouped("tracking (W&B)", {
@@ -29,15 +33,24 @@ TRACKING_OPTIONS = grouped("tracking (W&B)", {
     "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT, else sweepcnn; under `wandb agent`, the "
                                   "sweep's)", nullable=True),
     "wandb_entity": Option(None, "W&B entity, a user or team (default: $WANDB_ENTITY)", nullable=True),
-    "wandb_log_model": Option("best", "model artifacts logged when the run ends (finished or stopped): false, best "
-                                      "(best.pt, aliases best and latest) or all (also last.pt, alias last)",
-                              choices=LOG_MODEL),
+    "wandb_log_model": Option(None, "model artifacts logged when the run ends (finished or stopped): false, best "
+                                    "(best.pt, aliases best and latest) or all (also last.pt, alias last); default: "
+                                    "$WANDB_LOG_MODEL as HF reads it (end: best, checkpoint: all, false), else false "
+                                    "in a sweep trial and best otherwise", choices=LOG_MODEL, nullable=True),
+    "wandb_tags": Option(None, "W&B run tags, comma-separated (default: $WANDB_TAGS); the part, model and strategy "
+                               "are added", "strs", nullable=True),
+    "wandb_notes": Option(None, "W&B run notes (default: $WANDB_NOTES)", nullable=True),
+    "wandb_group": Option(None, "W&B run group (default: $WANDB_RUN_GROUP, else sweep-<id> under `wandb agent`)",
+                          nullable=True),
+    "wandb_watch": Option("false", "wandb.watch the model: log gradients, parameters or all (histograms, every 100 "
+                                   "batches)", choices=WATCH),
 })
 DEFAULT_PROJECT = "sweepcnn"
 # How to run, not what to train: kept out of the W&B config, so they never show up in parameter importance.
 RUNTIME_KEYS = frozenset({"out_dir", "run_name", "resume", "test", "report", "deterministic", "device",
                           "num_workers", "cache_dir", "compile", "dry_run", "wandb_mode", "wandb_project",
-                          "wandb_entity", "wandb_log_model"})
+                          "wandb_entity", "wandb_log_model", "wandb_tags", "wandb_notes", "wandb_group",
+                          "wandb_watch"})
 # Summary keys that hold the best epoch's value (W&B's default, the last logged value, would hide it).
 BEST_KEYS = ("val_acc", "val_loss")
 
@@ -47,21 +60,9 @@ def has_api_key() -> bool:
     return credentials_source() is not None
 
 
-def under_agent() -> bool:
-    """Whether `wandb agent` launched this process (it sets WANDB_SWEEP_ID)."""
-    return bool(os.environ.get("WANDB_SWEEP_ID"))
-
-
 def project_name(flag: str | None) -> str | None:
     """--wandb_project, else $WANDB_PROJECT, else `sweepcnn`; under an agent, None lets wandb take the sweep's."""
     return flag or os.environ.get("WANDB_PROJECT") or (None if under_agent() else DEFAULT_PROJECT)
-
-
-def sweep_group() -> str | None:
-    """$WANDB_RUN_GROUP (the offline runner sets sweep-<folder>), else sweep-<id> under `wandb agent`."""
-    if os.environ.get("WANDB_RUN_GROUP"):
-        return os.environ["WANDB_RUN_GROUP"]
-    return f"sweep-{os.environ['WANDB_SWEEP_ID']}" if under_agent() else None
 
 
 def sweep_group_of(source: str | Path) -> str:
@@ -122,11 +123,14 @@ def start_side_run(job_type: str, folder: Path, config: dict, *, mode: str | Non
     import wandb
 
     return wandb.init(project=project_name(project), entity=entity or os.environ.get("WANDB_ENTITY"), name=name,
-                      group=group, job_type=job_type, dir=str(folder), mode=resolve_mode(mode), config=config)
+                      group=group, job_type=job_type, dir=str(folder), mode=resolve_mode(mode), config=config,
+                      settings=quiet_settings())
 
 
 def check_tracking(cfg: dict) -> str:
-    """The run's W&B mode; a UserError (before anything is written) for a bad mode or online without credentials."""
+    """The run's W&B mode; a UserError (before anything is written) for a bad mode, online without credentials or
+    a bad $WANDB_LOG_MODEL."""
+    log_model_choice(cfg.get("wandb_log_model"))
     return resolve_mode(cfg["wandb_mode"])
 
 
@@ -155,7 +159,11 @@ class Tracker:
     report logged after the last epoch never collides with an earlier row), and after every epoch the summary's
     val_acc, val_loss and best_epoch are the best epoch's, so a stopped, interrupted or crashed run keeps its best.
     W&B cannot resume an offline run (a second offline run of the same id replaces the first when synced), so a
-    resumed offline run first logs the epochs it continues from again: its offline folder holds the whole history.
+    resumed offline run first logs the epochs it continues from again: its offline folder holds the whole history,
+    and it is the one folder to sync (the line printed when the run starts and ends names it). Online, a resume
+    continues the run; after a hard kill between an epoch's log and its checkpoint (metrics.jsonl holds an epoch that
+    last.pt does not), it rewinds the run's history to the checkpoint (wandb.init's resume_from) so that no epoch
+    appears twice, or, where the server refuses rewinds, continues it and says so.
     """
 
     def __init__(self, run_dir: Path, cfg: dict, run_name: str, resume: bool, job_type: str = "train"):
@@ -163,7 +171,7 @@ class Tracker:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history = read_history(run_dir) if resume else []
         self.mode = check_tracking(cfg)
-        self.log_model = cfg.get("wandb_log_model", "best")
+        self.log_model = log_model_choice(cfg.get("wandb_log_model"))
         self.selection = (cfg.get("monitor", "val_acc"), cfg.get("min_delta", 0.0))  # as the engine picks best.pt
         self.replay = resume and self.mode == "offline"
         self.final: dict = {}
@@ -176,14 +184,38 @@ class Tracker:
 
         id_file = run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if resume and id_file.exists() else None
-        agent = under_agent()
-        self.run = wandb.init(
-            project=project_name(cfg["wandb_project"]), entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"),
-            name=None if agent else run_name, id=None if agent else run_id, resume="allow", dir=str(run_dir),
-            config=wandb_config(cfg), mode=self.mode, job_type=job_type, group=sweep_group(),
-        )
+        if under_agent():
+            run_id = os.environ.get("WANDB_RUN_ID") if resume else None  # None: wandb takes the agent's
+        init = dict(project=project_name(cfg["wandb_project"]), id=run_id, dir=str(run_dir), config=wandb_config(cfg),
+                    entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"), name=wandb_run_name(run_name),
+                    mode=self.mode, job_type=job_type, settings=quiet_settings(), **identity_args(cfg))
+        rewind = self._rewind_point(run_id) if resume else None
+        self.run = self._start(wandb, init, rewind)
         self.run.define_metric("epoch")
         id_file.write_text(self.run.id)
+        print(describe_wandb_run(self.run), file=sys.stderr)
+
+    def _rewind_point(self, run_id: str | None) -> str | None:
+        """Online, for a run whose metrics.jsonl holds an epoch its last.pt does not (a hard kill between the two):
+        where wandb.init rewinds it to (see sweepcnn.wandb_args.rewind_point); None otherwise."""
+        from sweepcnn.train.engine import saved_summary
+
+        if self.mode != "online" or not run_id or not self.history:
+            return None
+        kept = saved_summary(self.run_dir).get("epochs_run", 0)
+        return rewind_point(run_id, kept) if max(row["epoch"] for row in self.history) > kept else None
+
+    @staticmethod
+    def _start(wandb: Any, init: dict, rewind: str | None) -> Any:
+        if rewind is None:
+            return wandb.init(**init, resume="allow")
+        try:
+            return wandb.init(**init, resume_from=rewind)
+        except Exception as exc:  # rewinding is a preview feature that a server may refuse
+            print(f"warning: W&B did not rewind the run to its checkpoint ({type(exc).__name__}: {exc}); it is "
+                  "continued instead, and the epochs after the checkpoint appear twice in its history",
+                  file=sys.stderr)
+            return wandb.init(**init, resume="allow")
 
     def sweep_config(self) -> dict:
         """Parameters a W&B sweep agent set for this run (they win over the command line); with W&B disabled, read
@@ -197,6 +229,16 @@ class Tracker:
         if self.run is not None:
             changed = {k: v for k, v in wandb_config(values).items() if self.run.config.get(k) != v}
             self.run.config.update(changed, allow_val_change=True)
+
+    def watch(self, model: Any, what: str) -> None:
+        """wandb.watch the model (--wandb_watch: gradients, parameters or all; false: nothing)."""
+        if self.run is not None and what != "false":
+            self.run.watch(model, log=what, log_freq=100)
+
+    def use_dataset(self) -> None:
+        """Record the run's data as the input artifact of the run (see sweepcnn.artifacts.use_dataset)."""
+        if self.run is not None:
+            use_dataset(self.run, self.run_dir)
 
     def tag(self, rebuild: Callable | None, identity: dict | None) -> None:
         """Tags: the part that built the model (the package of its rebuild function), the model, the strategy."""
@@ -262,4 +304,5 @@ class Tracker:
                 except Exception as exc:  # the run's results are saved: a failed upload must not fail it
                     print(f"warning: W&B model artifact not logged: {type(exc).__name__}: {exc}", file=sys.stderr)
             self.run.finish(exit_code=exit_code)
+            print(describe_wandb_run(self.run), file=sys.stderr)
             self.run = None

@@ -24,7 +24,7 @@ from sweepcnn.data.datasets import Data
 from sweepcnn.data.device_data import device_loader
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, rng_state, seed_everything,
-                              set_rng_state)
+                              set_rng_state, signals_deferred)
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
 from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
 from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
@@ -375,11 +375,14 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         progress.epoch = epoch
         stop = cfg["patience"] is not None and progress.bad_epochs >= cfg["patience"]
         progress.stopped_at = {"patience": cfg["patience"], "epochs": epochs} if stop else None
-        log(metrics, epoch)
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                     "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
-                     "phase": phase, **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
+        # One step for a stop signal: an epoch is logged only with the last.pt that holds it, so a resume never
+        # trains and logs an epoch twice.
+        with signals_deferred():
+            log(metrics, epoch)
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                         "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
+                         "phase": phase, **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
         ema_note = f" (EMA {val['val_acc_ema']:.4f}, raw {val['val_acc_raw']:.4f})" if ema is not None else ""
         tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
                    f"  val_loss {val['val_loss']:.4f}  val_acc {val['val_acc']:.4f}{ema_note}  lr {lr:.2e}"

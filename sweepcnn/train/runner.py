@@ -117,6 +117,8 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
         spec = build(cfg, data)
         tracker.tag(spec.rebuild, spec.identity)
         write_record(run_dir, spec, size, channels)
+        tracker.use_dataset()
+        tracker.watch(spec.model, cfg["wandb_watch"])
         normalization = spec.normalization or channel_stats(data.train)
         skipped = [{"file": f, "reason": r} for f, r in data.skipped]
         summary = {"status": "running", **spec.info, "skipped_files": skipped}

@@ -1,0 +1,61 @@
+"""What a run passes to wandb.init besides its config: name, tags, notes and group (flags first, then W&B's own
+environment variables), where an online resume rewinds to, and a quiet console.
+
+    name    --run_name, unless $WANDB_NAME is set (or `wandb agent` names the run)
+    tags    --wandb_tags, else $WANDB_TAGS; the part, model and strategy are added (Tracker.tag)
+    notes   --wandb_notes, else $WANDB_NOTES
+    group   --wandb_group, else $WANDB_RUN_GROUP, else sweep-<id> under `wandb agent`
+
+W&B reads $WANDB_NAME, $WANDB_TAGS and $WANDB_NOTES itself when wandb.init gets None for them. Nothing here imports
+wandb but `quiet_settings`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+WATCH = ("false", "gradients", "parameters", "all")
+
+
+def under_agent() -> bool:
+    """Whether `wandb agent` launched this process (it sets WANDB_SWEEP_ID)."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def run_group(flag: str | None = None) -> str | None:
+    """--wandb_group, else $WANDB_RUN_GROUP (the offline sweep runner sets sweep-<folder>), else sweep-<id> under
+    `wandb agent`."""
+    if flag:
+        return flag
+    if os.environ.get("WANDB_RUN_GROUP"):
+        return os.environ["WANDB_RUN_GROUP"]
+    return f"sweep-{os.environ['WANDB_SWEEP_ID']}" if under_agent() else None
+
+
+def run_name(default: str) -> str | None:
+    """The run folder's name, unless $WANDB_NAME is set or `wandb agent` names the run (None: W&B names it)."""
+    return None if under_agent() or os.environ.get("WANDB_NAME") else default
+
+
+def identity_args(cfg: dict) -> dict[str, Any]:
+    """wandb.init's tags, notes and group from the config's --wandb_* flags (None: W&B's environment variables)."""
+    return {"tags": list(cfg["wandb_tags"]) if cfg.get("wandb_tags") else None,
+            "notes": cfg.get("wandb_notes") or None, "group": run_group(cfg.get("wandb_group"))}
+
+
+def rewind_point(run_id: str, epochs_kept: int) -> str:
+    """wandb.init's resume_from for a run resumed from its checkpoint of epoch `epochs_kept`: every epoch is one
+    history row (W&B's _step = epoch - 1), so the run's history is cut to its first `epochs_kept` rows and
+    logging goes on at _step `epochs_kept`, the epoch the resume trains next."""
+    return f"{run_id}?_step={epochs_kept}"
+
+
+def quiet_settings() -> Any:
+    """wandb.Settings that print nothing to the console (W&B's banner, run history and summary still go to the log
+    files in the run's wandb folder): Tracker prints the one line a user needs instead. None (W&B's own choice)
+    when $WANDB_SILENT or $WANDB_QUIET says what the user wants."""
+    if os.environ.get("WANDB_SILENT") or os.environ.get("WANDB_QUIET"):
+        return None
+    import wandb
+
+    return wandb.Settings(silent=True)
