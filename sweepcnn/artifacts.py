@@ -99,7 +99,8 @@ def dataset_name(source: str) -> str:
 def use_dataset(run: Any, run_dir: Path) -> Any:
     """Log the run's data as a `dataset` artifact and use it as the run's input: split.json (every image of each
     split, with each file's size and mtime: a new version when the data or the split changes), metadata with the
-    class list and split sizes, and a reference (not an upload) to the data folder."""
+    class list and split sizes, and a reference (not an upload) to the data folder: W&B lists its files with their
+    paths and sizes, hashing none."""
     import wandb
 
     split = _read_json(run_dir / "split.json")

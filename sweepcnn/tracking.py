@@ -238,7 +238,10 @@ class Tracker:
     def use_dataset(self) -> None:
         """Record the run's data as the input artifact of the run (see sweepcnn.artifacts.use_dataset)."""
         if self.run is not None:
-            use_dataset(self.run, self.run_dir)
+            try:
+                use_dataset(self.run, self.run_dir)
+            except Exception as exc:  # lineage is worth a warning, not a failed run
+                print(f"warning: W&B dataset artifact not logged: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def tag(self, rebuild: Callable | None, identity: dict | None) -> None:
         """Tags: the part that built the model (the package of its rebuild function), the model, the strategy."""

@@ -76,14 +76,15 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 def run_record(path: Path) -> dict:
     """What one offline run recorded besides its history: the run's project, job_type, group and tags (as last
-    set), its config (updates applied), the metrics it defined, its artifacts and its exit code."""
+    set), notes and name, its config (updates applied), the metrics it defined, its artifacts (`used`: an input of
+    the run) and its exit code."""
     run: dict = {"config": {}, "metrics": {}, "artifacts": [], "exit_code": None, "preempting": False}
     for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
             run.update({k: v for k, v in (("project", r.project), ("job_type", r.job_type), ("group", r.run_group),
-                                         ("run_id", r.run_id)) if v})
+                                         ("run_id", r.run_id), ("notes", r.notes), ("name", r.display_name)) if v})
             run["tags"] = list(r.tags) if r.tags or "tags" not in run else run["tags"]
             run["config"].update(_items(r.config.update))
         elif kind == "config":
@@ -96,7 +97,9 @@ def run_record(path: Path) -> dict:
             a = record.artifact
             run["artifacts"].append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
                                      "metadata": json.loads(a.metadata or "{}"),
-                                     "files": [c.path for c in a.manifest.contents]})
+                                     "files": [c.path for c in a.manifest.contents],
+                                     "references": {c.path: c.ref for c in a.manifest.contents if c.ref},
+                                     "used": a.use_after_commit})
         elif kind == "exit":
             run["exit_code"] = record.exit.exit_code
         elif kind == "preempting":
