@@ -50,7 +50,7 @@ DEFAULT_PROJECT = "sweepcnn"
 RUNTIME_KEYS = frozenset({"out_dir", "run_name", "resume", "test", "report", "deterministic", "device",
                           "num_workers", "cache_dir", "compile", "dry_run", "wandb_mode", "wandb_project",
                           "wandb_entity", "wandb_log_model", "wandb_tags", "wandb_notes", "wandb_group",
-                          "wandb_watch"})
+                          "wandb_watch", "report_table_rows"})
 # Summary keys that hold the best epoch's value (W&B's default, the last logged value, would hide it).
 BEST_KEYS = ("val_acc", "val_loss")
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sweepcnn.data.datasets import Data
+from sweepcnn.report.curves import MACRO, MICRO, one_vs_rest
 from sweepcnn.report.figures import save_figure
 from sweepcnn.report.interpret import Layers, conv_layers, grad_cam, guided_backprop, module_name
 from sweepcnn.report.plots import (confusion_figure, curves_figure, filters_figure, gradcam_figure, guided_figure,
@@ -21,6 +22,9 @@ from sweepcnn.train.tta import tta_mode
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+PREDICTION_COLUMNS = ("file", "true", "predicted", "confidence", "loss", "correct")
 
 
 @dataclass
@@ -85,24 +89,29 @@ def write_panels(out_dir: Path, model: nn.Module, data: Data, normalization: Nor
 
 def _prediction_panels(report: Report) -> None:
     r, classes = report.results, report.classes
-    names = r.images.names
-    report.table("predictions", ["file", "true", "predicted", "confidence", "loss", "correct"],
+    names, probs = r.images.names, r.probs.numpy().round(6).tolist()
+    report.table("predictions", [*PREDICTION_COLUMNS, *probability_columns(classes)],
                  [[names[i], classes[int(r.labels[i])], classes[int(r.preds[i])], round(float(r.confidence[i]), 6),
-                   round(float(r.losses[i]), 6), bool(r.preds[i] == r.labels[i])] for i in range(len(names))])
+                   round(float(r.losses[i]), 6), bool(r.preds[i] == r.labels[i]), *probs[i]]
+                  for i in range(len(names))])
     report.add("predictions", "Test predictions", "Up to three test images of each of the first 10 classes (rows) with "
                "the true class, the predicted class and its probability; green when right, red when wrong.",
                prediction_grid(r, classes))
     worst = highest_loss(r)
-    columns, rows = report.tables["predictions"]
-    report.table("mistakes", columns, [rows[i] for i in worst])
+    rows = report.tables["predictions"][1]
+    report.table("mistakes", list(PREDICTION_COLUMNS), [rows[i][:len(PREDICTION_COLUMNS)] for i in worst])
     report.add("mistakes", "Highest-loss test images", "The test images with the largest cross-entropy: true and "
                "predicted class, the predicted probability and the loss (red: wrong).",
                mistakes_figure(r, classes, worst))
 
 
+def probability_columns(classes: list[str]) -> list[str]:
+    """The predictions table's probability columns, p_<class>."""
+    return [f"p_{c}" for c in classes]
+
+
 def _metric_panels(report: Report) -> None:
-    from sklearn.metrics import (average_precision_score, classification_report, confusion_matrix,
-                                 precision_recall_curve, roc_auc_score, roc_curve)
+    from sklearn.metrics import classification_report, confusion_matrix
 
     r, classes = report.results, report.classes
     labels, preds = r.labels.numpy(), r.preds.numpy()
@@ -115,24 +124,30 @@ def _metric_panels(report: Report) -> None:
                "test images of its true class.", confusion_figure(counts, classes))
     per_class = classification_report(labels, preds, labels=list(range(len(classes))), target_names=classes,
                                       output_dict=True, zero_division=0)
+    curves = one_vs_rest(labels, r.probs.numpy(), classes)
+    weights = np.bincount(labels, minlength=len(classes))
+    scored = [i for i, c in enumerate(classes) if c in curves.auc]
+    weighted = {key: float(np.average([scores[classes[i]] for i in scored], weights=weights[scored])) if scored
+                else None for key, scores in (("auc", curves.auc), ("ap", curves.ap))}
+    averages = {"macro avg": {"auc": curves.auc.get(MACRO), "ap": curves.ap.get(MACRO)}, "weighted avg": weighted}
     rows = [[name, per_class[name]["precision"], per_class[name]["recall"], per_class[name]["f1-score"],
+             *(averages[name][k] if name in averages else getattr(curves, k).get(name) for k in ("auc", "ap")),
              int(per_class[name]["support"])] for name in [*classes, "macro avg", "weighted avg"]]
-    report.table("per_class", ["class", "precision", "recall", "f1", "support"],
-                 [[row[0], *(round(v, 6) for v in row[1:4]), row[4]] for row in rows])
+    report.table("per_class", ["class", "precision", "recall", "f1", "auc", "ap", "support"],
+                 [[row[0], *(None if v is None else round(v, 6) for v in row[1:6]), row[6]] for row in rows])
     report.metrics.update(test_images=len(labels), test_acc=float((labels == preds).mean()),
                           test_loss=float(r.losses.mean()), macro_f1=per_class["macro avg"]["f1-score"],
                           weighted_f1=per_class["weighted avg"]["f1-score"])
-    if len(classes) == 2 and len(np.unique(labels)) == 2:
-        scores = r.probs[:, 1].numpy()
-        report.metrics.update(roc_auc=float(roc_auc_score(labels, scores)),
-                              average_precision=float(average_precision_score(labels, scores)))
-        fpr, tpr, _ = roc_curve(labels, scores)
-        report.table("roc", ["false_positive_rate", "true_positive_rate"], np.stack([fpr, tpr], 1).tolist())
-        precision, recall, _ = precision_recall_curve(labels, scores)
-        report.table("precision_recall", ["recall", "precision"], np.stack([recall, precision], 1).tolist())
-        report.add("roc_pr", "ROC and precision-recall", f"Two-class task: curves of the predicted probability of "
-                   f"{classes[1]} on the test split (AUC {report.metrics['roc_auc']:.3f}, average precision "
-                   f"{report.metrics['average_precision']:.3f}).", roc_pr_figure(labels, scores, classes[1]))
+    if curves.auc:
+        report.metrics.update(roc_auc=curves.auc[MACRO], roc_auc_micro=curves.auc[MICRO],
+                              average_precision=curves.ap[MACRO], average_precision_micro=curves.ap[MICRO])
+        report.table("roc", ["class", "false_positive_rate", "true_positive_rate"], curves.rows("roc"))
+        report.table("precision_recall", ["class", "recall", "precision"], curves.rows("pr"))
+        report.add("roc_pr", "ROC and precision-recall", "Each class against the rest (the predicted probability of "
+                   "the class), with the micro average (every image and class as one decision) and the macro average "
+                   f"(the mean over classes): macro AUC {curves.auc[MACRO]:.3f}, micro AUC {curves.auc[MICRO]:.3f}, "
+                   f"macro average precision {curves.ap[MACRO]:.3f}; per class in the per-class table.",
+                   roc_pr_figure(curves))
 
 
 def _interpretability_panels(report: Report, model: nn.Module, layers: Layers, batches: Batches,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweepcnn.report.curves import MACRO, MICRO, Curves
 from sweepcnn.report.figures import figure
 from sweepcnn.report.interpret import GuidedMaps
 from sweepcnn.report.predictions import GRID_PER_CLASS, TestResults, grid_indices, hwc
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 CELL = 1.8  # inches per image cell: 180 px at figures.DPI
 MISTAKE_COLUMNS = 4
 MAX_FILTERS = 64
+LABELLED_CLASSES = 10  # ROC/PR: more classes are drawn unlabelled
 
 
 def image_grid(rows: int, columns: int, title: str) -> tuple[Figure, np.ndarray]:
@@ -120,17 +122,29 @@ def row_normalized(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
 
 
-def roc_pr_figure(labels: np.ndarray, scores: np.ndarray, positive: str) -> Figure:
-    """ROC and precision-recall curves of a two-class task."""
-    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
-
+def roc_pr_figure(curves: Curves) -> Figure:
+    """ROC and precision-recall curves: each class against the rest (labelled for up to LABELLED_CLASSES classes,
+    thin grey lines beyond), the micro and macro averages in bold."""
     fig = figure(10, 4.5)
     left, right = fig.subplots(1, 2)
-    RocCurveDisplay.from_predictions(labels, scores, pos_label=1, name=positive, ax=left, plot_chance_level=True)
-    left.set_title(f"ROC, positive class {positive}")
-    PrecisionRecallDisplay.from_predictions(labels, scores, pos_label=1, name=positive, ax=right,
-                                            plot_chance_level=True)
-    right.set_title(f"precision-recall, positive class {positive}")
+    classes = [name for name in curves.roc if name not in (MICRO, MACRO)]
+    for ax, lines, score, (xlabel, ylabel) in ((left, curves.roc, curves.auc, ("false positive rate",
+                                                                                "true positive rate")),
+                                               (right, curves.pr, curves.ap, ("recall", "precision"))):
+        for name in classes:
+            x, y = lines[name]
+            if len(classes) <= LABELLED_CLASSES:
+                ax.plot(x, y, lw=1, label=f"{name} ({score[name]:.3f})")
+            else:
+                ax.plot(x, y, lw=0.5, color="0.75")
+        for name, style in ((MICRO, "k--"), (MACRO, "k-")):
+            ax.plot(*lines[name], style, lw=2, label=f"{name} ({score[name]:.3f})")
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=6, loc="lower right" if ax is left else "lower left")
+        ax.grid(alpha=0.3)
+    left.plot([0, 1], [0, 1], ":", color="0.5")
+    left.set_title("ROC, one class against the rest (AUC)")
+    right.set_title("precision-recall, one class against the rest (AP)")
     return fig
 
 

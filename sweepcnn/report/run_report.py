@@ -1,15 +1,17 @@
 """Report on a trained run (Part A or Part B): what the model predicts on the test split, where it fails, what its
 first layer learned and what it looks at.
 
-    python -m sweepcnn.report RUN_DIR [--wandb] [--device cpu]
+    python -m sweepcnn.report RUN_DIR [--wandb] [--device cpu] [--table_rows N]
 
 Writes RUN_DIR/report/: predictions.png (3 test images for each of up to 10 classes), filters.png (first-layer
-kernels), confusion_matrix.png/.csv, confusion_matrix_normalized.csv, per_class.csv (precision, recall, F1, macro and
-weighted averages), roc_pr.png, roc.csv and precision_recall.csv (two-class tasks only), mistakes.png/.csv (the
-highest-loss test images), curves.png (loss, accuracy and learning rate per epoch), guided_backprop.png,
-gradcam.png, predictions.csv (every test image) and report.html, one page with everything, images embedded, that
-opens offline. With --wandb (or, from
-Python, into the active W&B run) the figures, tables and charts are logged to W&B as well.
+kernels), confusion_matrix.png/.csv, confusion_matrix_normalized.csv, per_class.csv (precision, recall, F1, AUC and
+average precision, with macro and weighted averages), roc_pr.png, roc.csv and precision_recall.csv (each class
+against the rest, and the micro and macro averages), mistakes.png/.csv (the highest-loss test images), curves.png
+(loss, accuracy and learning rate per epoch), guided_backprop.png, gradcam.png, predictions.csv (every test image,
+with one p_<class> column per class) and report.html, one page with everything, images embedded, that opens
+offline. With --wandb (or, from Python, into the active W&B run) the figures, tables and charts are logged to W&B
+as well, with every test prediction as a table (report/test_predictions: file, thumbnail, true, predicted,
+confidence, loss, correct, p_<class>; --table_rows caps it).
 
 The model is rebuilt by the part that built the run (run.json names its rebuild function, see
 sweepcnn.train.record), which also names the layers to inspect: the first convolution for the filters and the
@@ -31,7 +33,7 @@ from torch import nn
 
 from sweepcnn.config import run_cli
 from sweepcnn.data.datasets import Data
-from sweepcnn.errors import ArgumentParser
+from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.io import check_writable
 from sweepcnn.report.interpret import Layers
 from sweepcnn.report.page import write_html
@@ -63,8 +65,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--wandb", action="store_true", help="also log the report to a new W&B run (mode: "
                         "$WANDB_MODE, else online with an API key, else offline)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--table_rows", type=int, help="with --wandb: at most this many test images in the table of "
+                        "every test prediction (default: the run's --report_table_rows, else all)")
     args = parser.parse_args(argv)
+    if args.table_rows is not None and args.table_rows < 1:
+        raise UserError(f"--table_rows: {args.table_rows} is not a positive number of rows")
     spec, cfg, classes, normalization = load_run_model(args.run_dir)
+    if args.table_rows is not None:
+        cfg["report_table_rows"] = args.table_rows
     check_writable(args.run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
     data = load_run_data(args.run_dir, cfg, classes)
     page = build_report(args.run_dir, spec.model.to(resolve_device(args.device)), data, normalization, cfg,

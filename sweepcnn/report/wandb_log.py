@@ -20,16 +20,17 @@ def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_
         run = start_side_run("report", run_dir, cfg, project=cfg.get("wandb_project"), entity=cfg.get("wandb_entity"),
                              name=f"{run_dir.name}-report", group=run_dir.name)
     if run is not None:
-        log_report(run, report)
+        log_report(run, report, cfg.get("report_table_rows"))
     if own:
         print(describe_wandb_run(run), file=sys.stderr)
         run.finish()
 
 
-def log_report(run: Any, report: Report) -> None:
-    """Figures as wandb.Image (PNG files: uint8), tables as wandb.Table (with uint8 images), the confusion matrix
-    (and for two classes the ROC and PR curves) as W&B charts, the test metrics in the summary. (wandb.plot.roc_curve
-    and pr_curve would need pandas: the curves come from scikit-learn as line charts.)"""
+def log_report(run: Any, report: Report, max_rows: int | None = None) -> None:
+    """Figures as wandb.Image (PNG files: uint8), tables as wandb.Table (with uint8 images), every test prediction
+    as a table (its first `max_rows` test images; None: all), the confusion matrix and the ROC and PR curves of each
+    class against the rest as W&B charts, the test metrics in the summary. (wandb.plot.roc_curve and pr_curve would
+    need pandas: the curves come from scikit-learn (sweepcnn.report.curves) as line charts, one line per class.)"""
     import wandb
 
     r, classes = report.results, report.classes
@@ -44,13 +45,26 @@ def log_report(run: Any, report: Report) -> None:
     grid = [i for rows in grid_indices(r.images.labels, len(classes)) for i in rows]
     payload["report/predictions_table"] = wandb.Table(columns=columns, data=image_rows(grid))
     payload["report/mistakes_table"] = wandb.Table(columns=columns, data=image_rows(highest_loss(r)))
+    payload["report/test_predictions"] = predictions_table(report, max_rows)
     labels, preds = r.labels.tolist(), r.preds.tolist()
     payload["report/confusion_matrix_chart"] = wandb.plot.confusion_matrix(y_true=labels, preds=preds,
                                                                           class_names=classes)
     for key, title in (("roc", "ROC"), ("precision_recall", "precision-recall")):
         if key in report.tables:
             columns, rows = report.tables[key]
-            payload[f"report/{key}_chart"] = wandb.plot.line(wandb.Table(columns, rows), *columns,
-                                                             title=f"{title}, positive class {classes[1]}")
+            payload[f"report/{key}_chart"] = wandb.plot.line(wandb.Table(columns, rows), *columns[1:], stroke="class",
+                                                             title=f"{title}, each class against the rest")
     run.log(payload)
     run.summary.update({f"report/{k}": v for k, v in report.metrics.items()})
+
+
+def predictions_table(report: Report, max_rows: int | None = None) -> Any:
+    """Every test prediction (the first `max_rows`; None: all) as a wandb.Table: file, thumbnail, true, predicted,
+    confidence, loss, correct and one p_<class> column per class (the predictions CSV's columns and the image)."""
+    import wandb
+
+    columns, rows = report.tables["predictions"]
+    shown = rows if max_rows is None else rows[:max_rows]
+    return wandb.Table(columns=[columns[0], "thumbnail", *columns[1:]],
+                       data=[[row[0], wandb.Image(hwc(report.results.image(i))), *row[1:]]
+                             for i, row in enumerate(shown)])

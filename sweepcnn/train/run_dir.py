@@ -30,7 +30,7 @@ RUN_FOLDER_OPTIONS = {
 # Flags that describe how to run, not what to train: they may differ when a run is resumed.
 RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "report", "epochs", "patience", "num_workers", "device",
                 "compile", "deterministic", "cache_dir", "wandb_mode", "wandb_project", "wandb_entity",
-                "wandb_log_model", "wandb_tags", "wandb_notes", "wandb_group", "wandb_watch"}
+                "wandb_log_model", "wandb_tags", "wandb_notes", "wandb_group", "wandb_watch", "report_table_rows"}
 DONE = ("finished", "stopped")  # a relaunch of a run in one of these states trains nothing more
 _SPLITS = ("train", "val", "test")
 

@@ -29,6 +29,8 @@ RUN_OPTIONS = grouped("run", {
     **RUN_FOLDER_OPTIONS,
     "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
     "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
+    "report_table_rows": Option(None, "with --report: at most this many test images in the W&B table of every test "
+                                      "prediction (default: all)", "int", min=1, nullable=True),
     "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
 })
 

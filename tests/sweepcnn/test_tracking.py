@@ -99,7 +99,8 @@ def test_a_training_run_records_project_job_type_tags_config_and_its_model_artif
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     ran = amp_name(resolve_amp("auto", torch.device("cpu")))  # the precision that ran, by the same rule
     assert run["config"]["amp_dtype"] == summary["amp_dtype"] == ran
-    [artifact] = run["artifacts"]
+    dataset, artifact = run["artifacts"]
+    assert dataset["type"] == "dataset" and dataset["used"]  # see tests/sweepcnn/test_wandb_run_page.py
     assert (artifact["name"], artifact["type"], artifact["files"]) == (f"model-{run['run_id']}", "model", ["best.pt"])
     assert sorted(artifact["aliases"]) == ["best", "latest"]
     meta = artifact["metadata"]
@@ -144,7 +145,7 @@ def test_a_finetuning_run_is_tagged_with_its_model_and_strategy(tmp_path, offlin
                env=offline)
     run = run_record(offline_runs(tmp_path / "b")[0])
     assert run["job_type"] == "finetune" and run["tags"] == ["part_b", "efficientnet_lite0", "all_except_last"]
-    assert run["config"]["num_classes"] == 3 and run["artifacts"] == []
+    assert run["config"]["num_classes"] == 3 and [a["type"] for a in run["artifacts"]] == ["dataset"]
 
 
 # --------------------------------------------------------------------------------------------------- agent runs

@@ -133,6 +133,7 @@ EXPECTED_SIZES = {  # (width, height) in pixels for the digits report: 10 classe
     "curves.png": (1300, 380),
     "guided_backprop.png": (6 * PX, 2 * PX),
     "gradcam.png": (10 * PX, 2 * PX),
+    "roc_pr.png": (1000, 450),
 }
 
 
@@ -140,13 +141,14 @@ def test_every_figure_has_its_size_and_is_not_blank(digits_run):
     run, page, _ = digits_run
     out = page.parent
     assert page == run / "report" / "report.html"
-    assert {p.name for p in out.glob("*.png")} == set(EXPECTED_SIZES)  # 10 classes: no ROC/PR
+    assert {p.name for p in out.glob("*.png")} == set(EXPECTED_SIZES)
     for name, size in EXPECTED_SIZES.items():
         pixels = png(out / name)
         assert pixels.dtype == np.uint8 and (pixels.shape[1], pixels.shape[0]) == size, name
         assert pixels[..., :3].var() > 0, name
     assert {p.name for p in out.glob("*.csv")} == {"predictions.csv", "mistakes.csv", "confusion_matrix.csv",
-                                                   "confusion_matrix_normalized.csv", "per_class.csv"}
+                                                   "confusion_matrix_normalized.csv", "per_class.csv", "roc.csv",
+                                                   "precision_recall.csv"}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -293,7 +295,7 @@ def test_two_class_tasks_get_roc_and_precision_recall(tmp_path):
     assert set(p.key for p in report.panels) <= set(PANEL_KEYS)
     roc = read_csv(tmp_path / "report" / "roc.csv")
     assert float(roc[0]["false_positive_rate"]) == 0 and float(roc[-1]["true_positive_rate"]) == 1
-    assert read_csv(tmp_path / "report" / "precision_recall.csv")[0].keys() == {"recall", "precision"}
+    assert read_csv(tmp_path / "report" / "precision_recall.csv")[0].keys() == {"class", "recall", "precision"}
 
     class Run:  # what log_report needs of a W&B run
         logged, summary = {}, {}
@@ -519,7 +521,7 @@ def test_cli_rebuilds_the_report_of_a_trained_run_and_logs_it_to_an_offline_wand
     assert f"report: {run / 'report' / 'report.html'}" in proc.stdout
     assert "offline W&B run" in proc.stderr and "wandb sync" in proc.stderr
     shown = {p.stem for p in (run / "report").glob("*.png")}
-    assert shown == set(PANEL_KEYS) - {"roc_pr"}  # three classes
+    assert shown == set(PANEL_KEYS)  # three classes have ROC and PR curves too
 
     history, summary, _ = history_and_summary(run)  # the one offline run in run/wandb
     files = next((run / "wandb").glob("offline-run-*")) / "files"
