@@ -65,6 +65,9 @@ def project_name(flag: str | None) -> str | None:
     return flag or os.environ.get("WANDB_PROJECT") or (None if under_agent() else DEFAULT_PROJECT)
 
 
+RETRAINED = "retrained"  # the tag of a sweep's best trial trained again from its best.yaml
+
+
 def sweep_group_of(source: str | Path) -> str:
     """The group of a sweep's runs from its folder or W&B path: sweep-<folder name>, as `python -m sweepcnn.sweep`
     sets it, or sweep-<sweep id>, as training runs under `wandb agent` set it."""

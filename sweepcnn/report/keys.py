@@ -5,5 +5,11 @@ the W&B report pages (sweepcnn.sweep.wandb_report), which must not start torch t
 PANEL_KEYS = ("predictions", "mistakes", "confusion_matrix", "roc_pr", "filters", "curves", "guided_backprop",
               "gradcam")
 WANDB_TABLE_KEYS = ("per_class_table", "test_predictions", "predictions_table", "mistakes_table")
-# The W&B charts (custom charts of wandb.plot: the key holds the chart, <key>_table its data).
-CHART_KEYS = ("confusion_matrix_chart", "roc_chart", "precision_recall_chart")
+# The W&B charts (wandb.plot custom charts: <key>_table holds the data), each with its Vega spec and fields as
+# wandb.plot logs them (a report page's custom chart names the same).
+CHARTS = {
+    "confusion_matrix_chart": ("wandb/confusion_matrix/v1",
+                               {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}),
+    "roc_chart": ("wandb/line/v0", {"x": "false_positive_rate", "y": "true_positive_rate", "stroke": "class"}),
+    "precision_recall_chart": ("wandb/line/v0", {"x": "recall", "y": "precision", "stroke": "class"}),
+}

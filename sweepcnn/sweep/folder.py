@@ -22,7 +22,7 @@ from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, check_writable, file_lock
 from sweepcnn.report.tables import write_csv
 from sweepcnn.sweep.spec import metric_goal, swept_names
-from sweepcnn.tracking import read_history, read_summary
+from sweepcnn.tracking import RETRAINED, read_history, read_summary, sweep_group_of
 
 STALE_SECONDS = 120.0  # a trial of another host with no heartbeat for this long has lost its worker
 RECORD_COLUMNS = ["epochs_run", "params", "flops", "test_acc", "seconds"]  # trials.csv, after the metric
@@ -144,6 +144,12 @@ def metric_of(folder: SweepFolder, run_id: str) -> float | None:
     return (max if maximize else min)(values) if values else None
 
 
+def retrain_wandb(root: Path) -> dict:
+    """best.yaml's W&B keys: the retrained run joins its sweep's group with the tag `retrained`, so the sweep's W&B
+    report (sweepcnn.sweep.wandb_report) finds it and its report, and its sweep charts leave it out."""
+    return {"wandb_group": sweep_group_of(root), "wandb_tags": [RETRAINED]}
+
+
 def write_records(folder: SweepFolder, state: dict) -> None:
     """trials.csv (one row per trial) and best.yaml (the best trial's parameters, a train.py --config file)."""
     name, maximize = metric_goal(folder.sweep)
@@ -163,4 +169,5 @@ def write_records(folder: SweepFolder, state: dict) -> None:
         header = (f"# best trial of {folder.root}: run {best['run_id']} ({best['state']}), {name} = {best['metric']}\n"
                   f"# retrain and test it:  python {folder.sweep['program']} --config {folder.root / 'best.yaml'} "
                   "--test\n")
-        atomic_write(folder.root / "best.yaml", header + yaml.safe_dump(best["params"], sort_keys=False))
+        atomic_write(folder.root / "best.yaml", header + yaml.safe_dump({**best["params"], **retrain_wandb(folder.root)},
+                                                                        sort_keys=False))

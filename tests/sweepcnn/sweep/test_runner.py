@@ -132,6 +132,12 @@ def tiny_sweep(tmp_path: Path, parameters: dict, method: str = "random", early_t
     return path
 
 
+def best_params(sweep_dir: Path) -> dict:
+    """best.yaml's trial parameters (without the W&B keys that link the retrained run to its sweep)."""
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    return {k: v for k, v in best.items() if k not in ("wandb_group", "wandb_tags")}
+
+
 def sweep_cmd(path: Path, sweep_dir: Path, count: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sweepcnn.sweep", str(path), "--count", str(count), "--sweep_dir", str(sweep_dir),
             "--poll", "0.2", *extra]
@@ -189,6 +195,7 @@ def test_two_workers_record_every_trial_once_then_a_rerun_continues(tmp_path):
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
         assert float(t["val_acc"]) == max(json.loads(r)["val_acc"] for r in (run_dir / "metrics.jsonl").open())
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert (best["wandb_group"], best["wandb_tags"]) == (f"sweep-{sweep_dir.name}", ["retrained"])
     assert best["learning_rate"] == pytest.approx(float(max(trials, key=lambda t: float(t["val_acc"]))
                                                        ["learning_rate"]))
     parse_args(["--config", str(sweep_dir / "best.yaml")], OPTIONS)  # usable as a train.py config
@@ -424,8 +431,7 @@ def test_ctrl_c_saves_the_trials_and_a_rerun_resumes_them(tmp_path, method, work
         assert json.loads((sweep_dir / "runs" / t["run_id"] / "summary.json").read_text())["status"] == \
             "interrupted (SIGINT)"
     if (sweep_dir / "best.yaml").exists():  # only ever a finished trial's
-        assert any(t["state"] == "finished" and t["params"] == yaml.safe_load((sweep_dir / "best.yaml").read_text())
-                   for t in before)
+        assert any(t["state"] == "finished" and t["params"] == best_params(sweep_dir) for t in before)
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -437,7 +443,7 @@ def test_ctrl_c_saves_the_trials_and_a_rerun_resumes_them(tmp_path, method, work
     if method == "grid":
         assert sorted(t["params"]["learning_rate"] for t in after) == [0.005, 0.01, 0.02]
     best = max(after, key=lambda t: t["metric"])
-    assert yaml.safe_load((sweep_dir / "best.yaml").read_text()) == best["params"]
+    assert best_params(sweep_dir) == best["params"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ def test_wandb_report_offline_writes_its_specification(tmp_path, monkeypatch, ca
     printed = capsys.readouterr().out
     assert "not saved" in printed and str(out) in printed
     spec = json.loads(out.read_text())
-    assert spec["saved"] is False and spec["filters"] == "Sweep = 'abc123'"
+    assert spec["saved"] is False and spec["filters"]["trials"].startswith("Sweep = 'abc123' and ")
+    assert spec["filters"]["reports"].startswith("Group = 'sweep-abc123' and ")  # the retrained run is in no sweep
     grids = [b for b in spec["report"]["blocks"] if b["type"] == "PanelGrid"]
     every_panel = [p for g in grids for p in g["panels"]]
     by_type: dict[str, list] = {}
@@ -32,7 +33,8 @@ def test_wandb_report_offline_writes_its_specification(tmp_path, monkeypatch, ca
     assert {k for p in by_type["MediaBrowser"] for k in p["media_keys"]} >= {f"report/{k}" for k in PANEL_KEYS}
     assert {p["table_name"] for p in by_type["WeavePanelSummaryTable"]} >= {f"report/{k}" for k in
                                                                            WANDB_TABLE_KEYS}
-    assert grids[0]["runsets"][0]["filters"] == "Sweep = 'abc123'"
+    assert grids[0]["runsets"][0]["filters"] == spec["filters"]["trials"]
+    assert len(grids) == 2  # the Part B section only with --compare
     with pytest.raises(UserError, match="not both"):
         wandb_report.main(["--entity", "me", "--project", "proj", "--sweep", "a", "--group", "b"])
 
@@ -43,8 +45,9 @@ def test_wandb_report_converts_to_the_servers_format(monkeypatch):
 
     monkeypatch.setattr(interface, "_get_api", lambda: None)
     monkeypatch.setattr(interface, "execute_graphql", lambda api, query, variables: {"project": {"internalId": "P1"}})
-    parameters, metric = wandb_report.swept_parameters(wandb_report.DEFAULT_SWEEP_YAML)
-    report = wandb_report.build("me", "proj", "t", wandb_report.run_filter(None, "sweep-digits"), parameters, metric)
+    parameters, metric, maximize = wandb_report.swept_parameters(wandb_report.DEFAULT_SWEEP_YAML)
+    report = wandb_report.build("me", "proj", "t", wandb_report.section_filters(None, "sweep-digits"), parameters,
+                                metric, maximize)
     blocks = json.loads(report._to_model().spec.model_dump_json(by_alias=True, exclude_none=True))["blocks"]
     grids = [b for b in blocks if b["type"] == "panel-grid"]
     views = [p["viewType"] for p in grids[0]["metadata"]["panelBankSectionConfig"]["panels"]]
