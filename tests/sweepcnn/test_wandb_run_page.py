@@ -75,3 +75,26 @@ def test_a_bad_wandb_log_model_is_one_error_line_before_anything_is_written(tmp_
         "error: WANDB_LOG_MODEL='sometimes' is not valid: use end, checkpoint or false (as for HF transformers), "
         "or one of false, best, all"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cfg, env, group", [({"wandb_group": "sweep-x"}, {}, "sweep-x"),
+                                             ({}, {"WANDB_RUN_GROUP": "g2"}, "g2"), ({}, {}, "r")])
+def test_a_report_run_shares_its_training_runs_group(tmp_path, monkeypatch, cfg, env, group):
+    from sweepcnn.report import wandb_log
+
+    for name in ("WANDB_RUN_GROUP", "WANDB_SWEEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    started = {}
+
+    class Run:
+        settings = type("Settings", (), {"mode": "disabled"})()
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(wandb_log, "start_side_run", lambda *args, **kwargs: started.update(kwargs) or Run())
+    monkeypatch.setattr(wandb_log, "log_report", lambda *args: None)
+    wandb_log.log_to_wandb(None, tmp_path / "r", cfg, new_run=True)
+    assert started["group"] == group  # the training run's group; a run without one: its folder's name
