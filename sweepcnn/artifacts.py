@@ -62,17 +62,16 @@ def _normalization(best: Path) -> dict | None:
 
 def model_metadata(run_dir: Path, summary: dict) -> dict[str, Any]:
     """What a model artifact says about its checkpoint: its scores (the run's summary), and how to rebuild and use
-    it (run.json, config.yaml, split.json and best.pt's normalisation)."""
+    it (run.json, split.json and best.pt's normalisation)."""
     keys = {"val_acc": "val_acc", "val_loss": "val_loss", "epoch": "best_epoch", "params": "params",
             "flops": "flops", "test_acc": "test_acc"}
     meta = {name: summary[key] for name, key in keys.items() if summary.get(key) is not None}
     record, split = _read_json(run_dir / "run.json"), _read_json(run_dir / "split.json")
     identity = record.get("identity") or {}
     rebuild = record.get("rebuild")
-    config = _config(run_dir)
     meta.update({
         "part": rebuild.split(".")[0] if rebuild else None, "rebuild": rebuild, "model": identity.get("model"),
-        "weights": identity.get("weights", config.get("weights")), "strategy": identity.get("strategy"),
+        "weights": identity.get("weights"), "strategy": identity.get("strategy"),
         "input_size": record.get("input_size"), "channels": record.get("in_channels"),
         "normalization": _normalization(run_dir / "best.pt"), "classes": split.get("classes"),
         "usage": f"spec = {rebuild.replace(':', '.') if rebuild else '<part>.part.rebuild'}(config, classes); "
@@ -80,15 +79,6 @@ def model_metadata(run_dir: Path, summary: dict) -> dict[str, Any]:
                  "input_size x input_size images with `channels` channels, scaled to [0, 1] and normalised with "
                  "`normalization` (per-channel mean and std)"})
     return meta
-
-
-def _config(run_dir: Path) -> dict:
-    import yaml
-
-    try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
 
 
 def dataset_name(source: str) -> str:

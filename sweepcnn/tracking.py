@@ -23,7 +23,7 @@ import yaml
 from sweepcnn.artifacts import LOG_MODEL, log_model, log_model_choice, use_dataset
 from sweepcnn.config import Option, grouped
 from sweepcnn.io import atomic_write, write_json
-from sweepcnn.wandb_args import WATCH, identity_args, quiet_settings, rewind_point, under_agent
+from sweepcnn.wandb_args import WATCH, quiet_settings, rewind_point, run_group, under_agent
 from sweepcnn.wandb_args import run_name as wandb_run_name
 from sweepcnn.wandb_auth import MODES, chosen_mode, credentials_source, resolve_mode
 
@@ -146,6 +146,13 @@ def warn_agent_offline(mode: str, flag: str | None) -> None:
               "search and early termination run blind; unset WANDB_MODE or run `wandb online`", file=sys.stderr)
 
 
+def identity_args(cfg: dict) -> dict[str, Any]:
+    """wandb.init's tags, notes and group from --wandb_tags, --wandb_notes and --wandb_group (None: W&B reads its
+    environment variables; see sweepcnn.wandb_args)."""
+    return {"tags": list(cfg["wandb_tags"]) if cfg.get("wandb_tags") else None,
+            "notes": cfg.get("wandb_notes") or None, "group": run_group(cfg.get("wandb_group"))}
+
+
 def _agent_parameters() -> dict:
     """The parameters `wandb agent` wrote for this run ($WANDB_SWEEP_PARAM_PATH: {name: {value: v}})."""
     path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
@@ -175,6 +182,7 @@ class Tracker:
         self.history = read_history(run_dir) if resume else []
         self.mode = check_tracking(cfg)
         self.log_model = log_model_choice(cfg.get("wandb_log_model"))
+        self.watching = cfg.get("wandb_watch", "false")
         self.selection = (cfg.get("monitor", "val_acc"), cfg.get("min_delta", 0.0))  # as the engine picks best.pt
         self.replay = resume and self.mode == "offline"
         self.final: dict = {}
@@ -233,10 +241,10 @@ class Tracker:
             changed = {k: v for k, v in wandb_config(values).items() if self.run.config.get(k) != v}
             self.run.config.update(changed, allow_val_change=True)
 
-    def watch(self, model: Any, what: str) -> None:
+    def watch(self, model: Any) -> None:
         """wandb.watch the model (--wandb_watch: gradients, parameters or all; false: nothing)."""
-        if self.run is not None and what != "false":
-            self.run.watch(model, log=what, log_freq=100)
+        if self.run is not None and self.watching != "false":
+            self.run.watch(model, log=self.watching, log_freq=100)
 
     def use_dataset(self) -> None:
         """Record the run's data as the input artifact of the run (see sweepcnn.artifacts.use_dataset)."""

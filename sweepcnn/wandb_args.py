@@ -37,12 +37,6 @@ def run_name(default: str) -> str | None:
     return None if under_agent() or os.environ.get("WANDB_NAME") else default
 
 
-def identity_args(cfg: dict) -> dict[str, Any]:
-    """wandb.init's tags, notes and group from the config's --wandb_* flags (None: W&B's environment variables)."""
-    return {"tags": list(cfg["wandb_tags"]) if cfg.get("wandb_tags") else None,
-            "notes": cfg.get("wandb_notes") or None, "group": run_group(cfg.get("wandb_group"))}
-
-
 def rewind_point(run_id: str, epochs_kept: int) -> str:
     """wandb.init's resume_from for a run resumed from its checkpoint of epoch `epochs_kept`: every epoch is one
     history row (W&B's _step = epoch - 1), so the run's history is cut to its first `epochs_kept` rows and

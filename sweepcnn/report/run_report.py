@@ -47,14 +47,15 @@ from sweepcnn.tracking import read_history, read_summary
 
 def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Normalization, cfg: dict,
                  layers: Layers | None = None, new_wandb_run: bool = False, wandb_run: Any = None,
-                 summary: dict | None = None) -> Path:
+                 summary: dict | None = None, table_rows: int | None = None) -> Path:
     """Write RUN_DIR/report/ for `model` on `data.test` and return its report.html. `layers`: those the model's part
     named (default: its first and last Conv2d). Logged to W&B into `wandb_run`, else into the active W&B run, else
-    (new_wandb_run) into a new run that is finished afterwards. `summary` defaults to RUN_DIR/summary.json."""
+    (new_wandb_run) into a new run that is finished afterwards, with at most `table_rows` test images in the table of
+    every test prediction (None: all). `summary` defaults to RUN_DIR/summary.json."""
     run_dir = Path(run_dir)
     report = write_panels(run_dir / "report", model, data, normalization, cfg, read_history(run_dir), layers)
     page = write_html(report, run_dir, cfg, read_summary(run_dir) if summary is None else summary)
-    log_to_wandb(report, run_dir, cfg, wandb_run, new_run=new_wandb_run)
+    log_to_wandb(report, run_dir, cfg, wandb_run, new_run=new_wandb_run, max_rows=table_rows)
     return page
 
 
@@ -66,17 +67,15 @@ def main(argv: list[str]) -> int:
                         "$WANDB_MODE, else online with an API key, else offline)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--table_rows", type=int, help="with --wandb: at most this many test images in the table of "
-                        "every test prediction (default: the run's --report_table_rows, else all)")
+                        "every test prediction (default: all)")
     args = parser.parse_args(argv)
     if args.table_rows is not None and args.table_rows < 1:
         raise UserError(f"--table_rows: {args.table_rows} is not a positive number of rows")
     spec, cfg, classes, normalization = load_run_model(args.run_dir)
-    if args.table_rows is not None:
-        cfg["report_table_rows"] = args.table_rows
     check_writable(args.run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
     data = load_run_data(args.run_dir, cfg, classes)
     page = build_report(args.run_dir, spec.model.to(resolve_device(args.device)), data, normalization, cfg,
-                        layers=spec.layers, new_wandb_run=args.wandb)
+                        layers=spec.layers, new_wandb_run=args.wandb, table_rows=args.table_rows)
     print(f"report: {page}")
     return 0
 

@@ -11,7 +11,8 @@ from sweepcnn.tracking import active_wandb_run, describe_wandb_run, start_side_r
 from sweepcnn.wandb_args import run_group
 
 
-def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_run: bool = False) -> None:
+def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_run: bool = False,
+                 max_rows: int | None = None) -> None:
     """Log into `run`, else into the active W&B run, else (new_run) into a new run that is finished afterwards: job
     type `report`, in the training run's group (its --wandb_group, else $WANDB_RUN_GROUP, else the sweep's under
     `wandb agent`; a run without one: the run folder's name), in the run's wandb/ folder; mode from $WANDB_MODE,
@@ -22,7 +23,7 @@ def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_
         run = start_side_run("report", run_dir, cfg, project=cfg.get("wandb_project"), entity=cfg.get("wandb_entity"),
                              name=f"{run_dir.name}-report", group=run_group(cfg.get("wandb_group")) or run_dir.name)
     if run is not None:
-        log_report(run, report, cfg.get("report_table_rows"))
+        log_report(run, report, max_rows)
     if own:
         print(describe_wandb_run(run), file=sys.stderr)
         run.finish()

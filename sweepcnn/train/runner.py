@@ -70,7 +70,8 @@ def _report(run_dir: Path, spec: ModelSpec, data: Data, normalization, cfg: dict
     from sweepcnn.report.run_report import build_report
 
     try:
-        page = build_report(run_dir, spec.model, data, normalization, cfg, layers=spec.layers, wandb_run=tracker.run)
+        page = build_report(run_dir, spec.model, data, normalization, cfg, layers=spec.layers, wandb_run=tracker.run,
+                            table_rows=cfg["report_table_rows"])
         print(f"report: {page}")
     except Exception as exc:
         traceback.print_exc()
@@ -120,7 +121,7 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
         tracker.tag(spec.rebuild, spec.identity)
         write_record(run_dir, spec, size, channels)
         tracker.use_dataset()
-        tracker.watch(spec.model, cfg["wandb_watch"])
+        tracker.watch(spec.model)
         normalization = spec.normalization or channel_stats(data.train)
         skipped = [{"file": f, "reason": r} for f, r in data.skipped]
         summary = {"status": "running", **spec.info, "skipped_files": skipped}
