@@ -169,5 +169,5 @@ def write_records(folder: SweepFolder, state: dict) -> None:
         header = (f"# best trial of {folder.root}: run {best['run_id']} ({best['state']}), {name} = {best['metric']}\n"
                   f"# retrain and test it:  python {folder.sweep['program']} --config {folder.root / 'best.yaml'} "
                   "--test\n")
-        atomic_write(folder.root / "best.yaml", header + yaml.safe_dump({**best["params"], **retrain_wandb(folder.root)},
-                                                                        sort_keys=False))
+        best_yaml = {**best["params"], **retrain_wandb(folder.root)}
+        atomic_write(folder.root / "best.yaml", header + yaml.safe_dump(best_yaml, sort_keys=False))

@@ -112,7 +112,8 @@ def build(entity: str, project: str, title: str, filters: dict[str, str], parame
     if compare:
         compare_panels = [wr.WeavePanelSummaryTable(table_name=key) for key in COMPARE_TABLES]
         compare_panels.append(wr.MediaBrowser(title="trainable parameters", media_keys=["trainable_params"]))
-        blocks += [wr.H1("Part B: strategy and model comparison"), wr.P("Logged by `python -m sweepcnn.report.compare`."),
+        blocks += [wr.H1("Part B: strategy and model comparison"),
+                   wr.P("Logged by `python -m sweepcnn.report.compare`."),
                    wr.PanelGrid(runsets=[runset("comparisons", filters["comparisons"])], panels=compare_panels)]
     return wr.Report(entity=entity, project=project, title=title, description=f"{project}: {scope}", blocks=blocks)
 

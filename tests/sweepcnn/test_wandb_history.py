@@ -7,6 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from sweepcnn import wandb_sync
+from sweepcnn.errors import UserError
 from sweepcnn.tracking import Tracker, read_history
 from sweepcnn.train.engine import Progress
 from sweepcnn.wandb_args import rewind_point
@@ -133,3 +135,17 @@ def test_a_resumed_offline_runs_newest_folder_is_the_one_to_sync(tmp_path, monke
     assert printed[-1].endswith(f"`wandb sync {newer.parent}`")
     history, _, _ = history_and_summary(tmp_path, newer)
     assert [row["epoch"] for row in history] == [1, 2] and run_record(newer)["run_id"] == run_record(older)["run_id"]
+    assert wandb_sync.main([str(tmp_path), "--dry_run"]) == 0
+    assert capsys.readouterr().out.strip() == f"wandb sync {newer.parent}"
+
+
+def test_wandb_sync_names_the_newest_offline_folder_of_every_run_below_its_paths(tmp_path, capsys):
+    for folder in ("a/wandb/offline-run-20261206_100000-a", "a/wandb/offline-run-20261206_110000-a",
+                   "b/wandb/offline-run-20261206_100500-b", "c/wandb/latest-run"):
+        (tmp_path / "sweep" / "runs" / folder).mkdir(parents=True)
+    assert wandb_sync.main([str(tmp_path / "sweep"), "--dry_run"]) == 0
+    runs = tmp_path / "sweep" / "runs"
+    assert capsys.readouterr().out.split() == ["wandb", "sync", str(runs / "a/wandb/offline-run-20261206_110000-a"),
+                                               str(runs / "b/wandb/offline-run-20261206_100500-b")]
+    with pytest.raises(UserError, match="no offline W&B run"):
+        wandb_sync.main([str(runs / "c")])
