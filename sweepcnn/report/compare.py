@@ -23,7 +23,8 @@ from sweepcnn.io import atomic_write
 from sweepcnn.report.figures import figure, save_figure
 from sweepcnn.train.record import default_label, read_record
 from sweepcnn.report.tables import markdown_table, write_csv
-from sweepcnn.tracking import MODES, active_wandb_run, read_history, read_summary, resolve_mode, start_side_run
+from sweepcnn.tracking import (MODES, active_wandb_run, describe_wandb_run, read_history, read_summary, resolve_mode,
+                               start_side_run)
 
 TABLES = ("strategies", "models")  # <name>.csv and <name>.md
 PLOT = "trainable_params.png"
@@ -171,6 +172,7 @@ def main(argv: list[str]) -> int:
     finally:
         if run is not None:
             run.finish()
+            print(describe_wandb_run(run), file=sys.stderr)  # W&B itself prints nothing (wandb_args.quiet_settings)
     print("## Strategies\n\n" + (out / "strategies.md").read_text() + "\n## Models\n\n" +
           (out / "models.md").read_text())
     print(f"written to {out}: strategies.csv/.md, models.csv/.md, {PLOT}", file=sys.stderr)

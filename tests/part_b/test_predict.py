@@ -255,6 +255,7 @@ def test_compare_cli_logs_wandb_tables_offline(runs, tmp_path):
                            str(tmp_path / "cmp"), "--wandb_mode", "offline"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "## Strategies" in proc.stdout and "efficientnet_lite0" in proc.stdout
+    assert "offline W&B run" in proc.stderr and "wandb sync" in proc.stderr  # W&B's own banner is silenced
     history, _, files = history_and_summary(tmp_path / "cmp")
     logged = history[0]
     assert logged["strategy_comparison._type"] == logged["model_comparison._type"] == "table-file"
