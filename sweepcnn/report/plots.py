@@ -140,7 +140,7 @@ def roc_pr_figure(curves: Curves) -> Figure:
         for name, style in ((MICRO, "k--"), (MACRO, "k-")):
             ax.plot(*lines[name], style, lw=2, label=f"{name} ({score[name]:.3f})")
         ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
-        ax.legend(fontsize=6, loc="lower right" if ax is left else "lower left")
+        ax.legend(fontsize=6, loc="lower right" if ax is left else "upper right")
         ax.grid(alpha=0.3)
     left.plot([0, 1], [0, 1], ":", color="0.5")
     left.set_title("ROC, one class against the rest (AUC)")
