@@ -324,7 +324,8 @@ def test_folder_state_and_records(tmp_path):
         '3,c,failed,,0,,,,1.0,0.1,"[5, 3]"']
     best = (folder.root / "best.yaml").read_text()
     assert best.startswith(f"# best trial of {folder.root}: run b (stopped), val_acc = 0.75\n")
-    assert yaml.safe_load(best) == {"epochs": 2, "learning_rate": 0.01, "filter_sizes": [5, 3]}
+    assert yaml.safe_load(best) == {"epochs": 2, "learning_rate": 0.01, "filter_sizes": [5, 3],
+                                    "wandb_group": "sweep-sweep", "wandb_tags": ["retrained"]}
     assert sorted(p.name for p in folder.root.iterdir()) == ["best.yaml", "lock", "runs", "state.json",
                                                               "sweep.yaml", "trials.csv"]  # no temporary file left
     (tmp_path / "plain").write_text("")  # atomic writes create files as open() does (not mkstemp's 0600)
