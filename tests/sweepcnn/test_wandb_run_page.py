@@ -48,6 +48,7 @@ def test_flags_name_tags_notes_group_watch_and_log_the_dataset_folder_and_every_
     env = {**QUIET, "WANDB_LOG_MODEL": "checkpoint", "WANDB_NAME": "named-by-env", "WANDB_TAGS": "ignored"}
     train(f"--data={data}", "--epochs=1", "--report=false", f"--out_dir={tmp_path}", "--run_name=r",
           "--wandb_tags=x,y", "--wandb_notes=by flag", "--wandb_group=g1", "--wandb_watch=all", "--batch_size=1",
+          "--batch_norm=false",
           "--input_size=32", "--base_filters=8", "--dense_neurons=32", env=env)
     path = offline_runs(tmp_path / "r")[0]
     run = run_record(path)
