@@ -154,3 +154,19 @@ def test_a_rank_refusing_its_parameters_stops_the_sweep_with_its_error(tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr[-3000:]
     assert out.stderr.count("\n") == 1 and "(error: --fail: 'usage' is refused" in out.stderr, out.stderr
     assert [t["state"] for t in state_trials(sweep_dir)] == ["failed"]
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_torchrun_trial_through_every_rank(tmp_path):
+    path = stand_in_sweep(tmp_path, {"score": {"values": [0.9, 0.8, 0.1]}, "epochs": {"value": 12},
+                                     "epoch_seconds": {"value": 0.5}},
+                          early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    sweep_dir = tmp_path / "sweep"
+    out = subprocess.run(sweep_cmd(path, sweep_dir, 3, "--gpus_per_trial", "2"), cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    trials = {t["params"]["score"]: t for t in state_trials(sweep_dir)}
+    assert [trials[s]["state"] for s in (0.9, 0.8, 0.1)] == ["finished", "finished", "stopped"], out.stdout
+    run_dir = sweep_dir / "runs" / trials[0.1]["run_id"]
+    assert [(run_dir / f"signal{r}.txt").read_text() for r in (0, 1)] == ["SIGTERM", "SIGTERM"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) < 12
