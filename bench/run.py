@@ -1,7 +1,10 @@
 """Side-by-side benchmarks on one machine, one model and one data subset; prints a table and a final JSON line.
 
     python bench/run.py            # about 5 minutes on 2 CPU cores
-    python bench/run.py --quick    # fewer images and epochs, the same measurements
+    python bench/run.py --quick    # a smoke test: every measurement at sizes too small to mean anything, no target
+                                   # judged (it checks that the benchmark runs, not how fast anything is)
+
+Each measurement prints one line to stderr as it starts.
 
 - epoch_speedup_vs_naive: one training epoch (data + compute) of bench/naive.py (PIL decode every epoch, fp32, NCHW,
   default allocator) over ours (decoded-image cache, channels_last, bf16 autocast where native, tuned allocator),
@@ -16,8 +19,11 @@
   augmentation set, and with trivialaugment, over images/s without augmentation: the same model, optimiser and
   batches in one process, interleaved epoch by epoch (none, default, trivial, none, ...), the median of the rounds'
   ratios. aug_loader_over_model: the loader plus the default augmentation alone over training with it.
+- compile_ratio: training images/s of the default CNN with --compile=true over without (the second epoch of each
+  run: the first compiles); below 1 on the CPUs measured so far, so --compile is off by default.
 - on CUDA also gpu_*: images/s of the default CNN at 224 with and without augmentation (data on the GPU), and of
-  resnet50 fine-tuning the head alone and the whole network (ImageNet weights, or random ones where absent).
+  resnet50 fine-tuning the head alone and the whole network (ImageNet weights, or random ones where absent), each
+  with and without --compile (bench/gpu_check.py runs these alone, with the CUDA tests).
 
     python bench/run.py --only augmentation   # the augmentation and GPU measurements alone
 """
@@ -49,17 +55,28 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 
 
-def sh(command: list[str], env: dict | None = None) -> str:
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+def sh(command: list[str], env: dict | None = None, timeout: float | None = None) -> str:
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                         timeout=timeout)
     if out.returncode != 0:
         raise SystemExit(f"failed ({out.returncode}): {' '.join(command)}\n{out.stderr[-3000:]}")
     return out.stdout
 
 
-def train(out: Path, name: str, *flags: str, env: dict | None = None, script: str = "part_a/train.py"
-          ) -> tuple[list[dict], dict]:
-    sh([sys.executable, script, f"--out_dir={out}", f"--run_name={name}", "--wandb_mode=disabled", *flags],
-       env={"TQDM_DISABLE": "1", **(env or {})})
+STARTED = time.monotonic()
+
+
+def step(name: str) -> None:
+    """One progress line per measurement, on stderr (stdout keeps the table and the JSON line)."""
+    print(f"bench [{time.monotonic() - STARTED:6.0f} s] {name}", file=sys.stderr, flush=True)
+
+
+def train(out: Path, name: str, *flags: str, env: dict | None = None, script: str = "part_a/train.py",
+          launcher: tuple[str, ...] = (), timeout: float | None = None) -> tuple[list[dict], dict]:
+    """A training run (`launcher`: arguments of python before the script, e.g. -m torch.distributed.run ...):
+    its metrics.jsonl rows and its summary."""
+    sh([sys.executable, *launcher, script, f"--out_dir={out}", f"--run_name={name}", "--wandb_mode=disabled", *flags],
+       env={"TQDM_DISABLE": "1", **(env or {})}, timeout=timeout)
     rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return rows, json.loads((out / name / "summary.json").read_text())
 
@@ -146,11 +163,14 @@ def speed_and_accuracy(data: Path, found: bool, per_class: int, out: Path, quick
     """The measurements before the augmentation ones: speed, GFLOP/s and loader (imagenette), hyperband, bf16."""
     results: dict = {}
     if found:
+        step("epoch_speedup_vs_naive: one epoch of ours and of bench/naive.py")
         results.update(epoch_speedup(data, per_class, out))
         flops = count_cnn({"input_size": 224})["flops"]
         results["train_gflops"] = 3 * flops * results["ours_images_per_s"] / 1e9
+        step("train_gflops_ratio: the convolution ceiling")
         results["conv_ceiling_gflops"] = conv_ceiling()
         results["train_gflops_ratio"] = results["train_gflops"] / results["conv_ceiling_gflops"]
+        step("loader_over_model: the data loader alone")
         results["loader_images_per_s"] = loader_speed(data, per_class)
         results["loader_over_model"] = results["loader_images_per_s"] / results["ours_images_per_s"]
         bf16_flags = [f"--data={data}", f"--max_images_per_class={40 if quick else 150}", "--input_size=128",
@@ -158,10 +178,24 @@ def speed_and_accuracy(data: Path, found: bool, per_class: int, out: Path, quick
     else:
         print(f"{data} not found: skipping the imagenette measurements (speed, GFLOP/s, loader)")
         bf16_flags = ["--data=digits", "--input_size=32", "--epochs=3"]
+    step("hyperband: two offline sweeps")
     results.update(hyperband(out, 3 if quick else 9, [0.02, 1e-5] if quick else [0.02, 0.005, 3e-4, 1e-5]))
+    step("bf16_acc_gap: bf16 and fp32 runs")
     results.update(bf16_gap(out, bf16_flags, [0] if quick else [0, 1]))
     results["bf16_data"] = " ".join(bf16_flags)
+    step("compile_ratio: runs with and without --compile")
+    results.update(compile_ratio(out, [f"--data={data}", f"--max_images_per_class={per_class}", "--input_size=224"]
+                                 if found else ["--data=digits", "--input_size=64"]))
     return results
+
+
+def compile_ratio(out: Path, data_flags: list[str]) -> dict:
+    """Training images/s of the second epoch with --compile=true over without (see the module docstring)."""
+    speed = {}
+    for compiled in ("false", "true"):
+        rows, _ = train(out, f"compile_{compiled}", *data_flags, "--epochs=2", f"--compile={compiled}")
+        speed[compiled] = rows[-1]["images_per_sec"]
+    return {"compile_images_per_s": speed, "compile_ratio": speed["true"] / speed["false"]}
 
 
 def augmentation_overhead(data: str, per_class: int, rounds: int) -> dict:
@@ -204,28 +238,63 @@ def augmentation_overhead(data: str, per_class: int, rounds: int) -> dict:
             "aug_loader_over_model": loader_speed_ / statistics.median(seen["default"])}
 
 
-def gpu_figures(out: Path, data_flags: list[str], epochs: int) -> dict:
-    """Images/s of the last epoch of each run on CUDA (the data on the GPU where it fits, the default)."""
-    results = {"gpu": torch.cuda.get_device_name(0)}
-    for augmentation in ("false", "true"):
-        rows, _ = train(out, f"gpu_cnn_{augmentation}", *data_flags, f"--epochs={epochs}", "--device=cuda",
-                        f"--augmentation={augmentation}")
-        results[f"gpu_cnn_aug_{augmentation}_images_per_s"] = rows[-1]["images_per_sec"]
-    for strategy in ("all_except_last", "none"):
-        name = f"gpu_resnet50_{'head' if strategy != 'none' else 'full'}"
-        flags = [*data_flags, f"--epochs={epochs}", "--device=cuda", "--model=resnet50", f"--strategy={strategy}",
-                 "--augmentation=true"]
-        try:
-            rows, _ = train(out, name, *flags, script="part_b/finetune.py")
-        except SystemExit:  # no ImageNet weights on this machine (no network): random ones, the same speed
-            rows, _ = train(out, name + "_w", *flags, "--weights=none", script="part_b/finetune.py")
-        results[f"{name}_images_per_s"] = rows[-1]["images_per_sec"]
+def resnet50_weights() -> str:
+    """DEFAULT where torch's cache holds resnet50's ImageNet weights (no download), else none: random weights, the
+    same speed."""
+    from torchvision.models import ResNet50_Weights
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet50_Weights.DEFAULT.url).name
+    return "DEFAULT" if cached.is_file() else "none"
+
+
+def gpu_measures(weights: str, compiled: bool) -> list[tuple[str, str, list[str]]]:
+    """(name, script, flags) of each GPU figure, the plain ones first, then (`compiled`) each with --compile."""
+    plain = [("cnn_aug_false", "part_a/train.py", ["--augmentation=false"]),
+             ("cnn_aug_true", "part_a/train.py", ["--augmentation=true"])]
+    plain += [(f"resnet50_{part}", "part_b/finetune.py",
+               ["--model=resnet50", f"--strategy={strategy}", "--augmentation=true", f"--weights={weights}"])
+              for part, strategy in (("head", "all_except_last"), ("full", "none"))]
+    return plain + ([(f"{name}_compile", script, [*flags, "--compile=true"]) for name, script, flags in plain]
+                    if compiled else [])
+
+
+def measure_speed(out: Path, name: str, flags: list[str], results: dict, deadline: float | None = None,
+                  script: str = "part_a/train.py", launcher: tuple[str, ...] = ()) -> dict | None:
+    """Train run `name` and set results[name + "_images_per_s"] to its last epoch's images/s; a run that fails is
+    named in results["gpu_errors"] with the end of its output, one that would start after `deadline`
+    (time.monotonic()) in results["gpu_skipped"]. Returns the run's summary (None if it did not run)."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left < 10:
+        results.setdefault("gpu_skipped", []).append(name)
+        return None
+    step(name)
+    try:
+        rows, summary = train(out, name, *flags, script=script, launcher=launcher, timeout=left)
+    except (SystemExit, subprocess.TimeoutExpired) as failure:
+        results.setdefault("gpu_errors", {})[name] = str(failure)[-1500:]
+        return None
+    results[f"{name}_images_per_s"] = rows[-1]["images_per_sec"]
+    return summary
+
+
+def gpu_figures(out: Path, data_flags: list[str], epochs: int, device: str = "cuda", compiled: bool = True,
+                deadline: float | None = None) -> dict:
+    """gpu_<name>_images_per_s of each run of gpu_measures on `device` (on CUDA the data on the GPU where it fits,
+    the default), see measure_speed; gpu_amp_dtype: what --amp auto ran."""
+    results: dict = {"gpu": torch.cuda.get_device_name(0) if device == "cuda" else device, "gpu_errors": {},
+                     "gpu_skipped": []}
+    for name, script, flags in gpu_measures(resnet50_weights(), compiled):
+        summary = measure_speed(out, f"gpu_{name}", [*data_flags, *flags, f"--epochs={epochs}", f"--device={device}"],
+                                results, deadline, script)
+        if summary is not None:
+            results.setdefault("gpu_amp_dtype", summary.get("amp_dtype"))
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: every measurement at tiny sizes, no target judged")
     parser.add_argument("--data", default=str(IMAGENETTE), help="an image folder in the iNaturalist layout")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="where the benchmark's runs go")
     parser.add_argument("--only", choices=("all", "augmentation"), default="all",
@@ -242,6 +311,7 @@ def main() -> None:
         results.update(speed_and_accuracy(data, found, per_class, out, args.quick))
     if not found:
         print(f"{data} not found: the augmentation measurements use digits at 224 px")
+    step("aug_default_ratio, aug_trivial_ratio: epochs with and without augmentation")
     results.update(augmentation_overhead(str(data) if found else "digits", 20 if args.quick else 40,
                                          3 if args.quick else 5))
     if torch.cuda.is_available():
@@ -249,6 +319,17 @@ def main() -> None:
         flags = [f"--data={data}", f"--max_images_per_class={per_class}"] if found else ["--data=digits"]
         results.update(gpu_figures(out, [*flags, "--input_size=224"], 2 if args.quick else 3))
 
+    if args.quick:
+        print("\n--quick is a smoke test: the sizes are too small for the figures to mean anything, so no target is "
+              "judged (run without --quick for the measurements)")
+    else:
+        table(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+
+
+def table(results: dict) -> None:
+    """Each measure beside its target, met or not."""
     targets = {"epoch_speedup_vs_naive": (">=", 5), "train_gflops_ratio": (">=", 0.6), "loader_over_model": (">=", 10),
                "hyperband_epoch_fraction": ("<=", 0.5), "hyperband_best_gap": ("<=", 1.0),
                "aug_default_ratio": (">=", 0.9), "aug_trivial_ratio": (">=", 0.8)}
@@ -260,10 +341,8 @@ def main() -> None:
     if "bf16_acc_gap" in results:
         print(f"{'bf16_acc_gap':28} {results['bf16_acc_gap']:10.4f}  within the fp32 seed spread "
               f"({results['fp32_seed_spread']:.4f})")
-    for key in [k for k in results if k.startswith(("gpu_", "aug_loader"))]:
+    for key in [k for k in results if k.startswith(("gpu_", "aug_loader", "compile_"))]:
         print(f"{key:28} {results[key]}")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results))
 
 
 if __name__ == "__main__":
