@@ -2,7 +2,7 @@
 checkout's install:
 
     python bench/gpu_check.py          # writes bench/gpu-<device name>.json and prints it as one JSON line
-    python bench/gpu_check.py --dry    # the same code on the CPU at tiny sizes (tests/test_gpu_check.py runs it)
+    python bench/gpu_check.py --dry    # the same code on the CPU at tiny sizes (tests/test_bench.py runs it)
 
 1. the CUDA tests (`pytest -m cuda`: AMP, no host syncs in the training step, device data, augmentation);
 2. images/s of the last training epoch of each run of bench/run.py's GPU measures: the default CNN at 224 px with
