@@ -133,23 +133,24 @@ class Batches:
         return images.float().sub_(self.mean).div_(self.std), labels
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None, desc: str = "eval",
              keep_outputs: bool = False, tta: str = "none") -> dict[str, Any]:
     """Mean cross-entropy (unweighted, unsmoothed: comparable across runs) and accuracy; optionally the logits.
     `tta`: the logits are the mean over the test-time views (sweepcnn.train.tta). Waits for the device once."""
     model.eval()
     totals, outputs = Totals(batches.device), []
-    for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
-        images, labels = batches(images, labels)
-        with autocast(batches.device, amp):
-            logits = tta_logits(model, images, tta)
-        totals.add(F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum(), len(labels))
-        if keep_outputs:
-            outputs.append(logits)
+    with torch.inference_mode():
+        for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+            images, labels = batches(images, labels)
+            with autocast(batches.device, amp):
+                logits = tta_logits(model, images, tta)
+            totals.add(F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum(),
+                       len(labels))
+            if keep_outputs:
+                outputs.append(logits)
     sums = totals.read()
     result = {"loss": sums.mean_loss(), "acc": sums.accuracy()}
-    if keep_outputs:
+    if keep_outputs:  # concatenated outside inference mode: an ordinary tensor, which callers may change in place
         result["logits"] = torch.cat(outputs).cpu() if outputs else torch.empty(0)
     return result
 

@@ -100,10 +100,15 @@ def test_evaluation_reads_back_once_and_keeps_the_logits_in_order():
     with profile(activities=[ProfilerActivity.CPU]) as trace:
         result = evaluate(model, loader, moves, None, keep_outputs=True)
     assert sum(e.name == "aten::_local_scalar_dense" for e in trace.events()) == 0
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(
+        (torch.is_inference_mode_enabled(), output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last))))
+    evaluate(model, loader[:1], moves, torch.bfloat16)
+    assert seen == [(True, torch.bfloat16, True)]  # inference mode, the run's AMP dtype, channels_last
     with torch.no_grad():
         expected = torch.cat([model(moves(x, y)[0]) for x, y in loader])
     labels = torch.cat([y for _, y in loader])
-    assert torch.allclose(result["logits"], expected, atol=1e-6)
+    assert torch.allclose(result["logits"], expected, atol=1e-6) and not result["logits"].is_inference()
     assert result["acc"] == pytest.approx((expected.argmax(1) == labels).float().mean().item())
     assert result["loss"] == pytest.approx(nn.functional.cross_entropy(expected, labels).item(), rel=1e-5)
 
