@@ -6,11 +6,11 @@ import torch
 from sweepcnn.tracking import read_history
 from tests.helpers import FAST, train
 
-# No dropout: compiled code draws its masks from its own generator. SGD: its step is linear in the gradients, so the
-# compiled kernels' rounding differences stay that small (Adam's step divides by the gradients' scale: a near-zero
-# gradient's rounding can move a weight by a whole learning rate).
+# No dropout: compiled code draws its masks from its own generator. Plain SGD at a small learning rate: the compiled
+# kernels round differently (1e-6 in the first step's logits), and training amplifies that step by step; measured
+# here, at most 1e-3 in a batch's loss after 8 steps.
 TINY = ["--data=digits", "--max_images_per_class=30", "--amp=off", "--deterministic", "--dropout_rate=0",
-        "--optimizer=sgd", "--learning_rate=0.05", "--report=false", *FAST]
+        "--optimizer=sgd", "--momentum=0", "--learning_rate=0.01", "--report=false", *FAST]
 
 
 @pytest.mark.slow
@@ -21,8 +21,8 @@ def test_a_compiled_run_matches_an_uncompiled_one_resumes_and_saves_plain_names(
     plain, compiled = read_history(tmp_path / "plain"), read_history(tmp_path / "compiled")
     assert [row["epoch"] for row in compiled] == [1, 2]
     for ours, theirs in zip(compiled, plain):
-        for key in ("train_loss", "val_loss", "val_acc"):
-            assert ours[key] == pytest.approx(theirs[key], abs=1e-3), (ours["epoch"], key)
+        for key, tolerance in (("train_loss", 2e-3), ("val_loss", 2e-3), ("val_acc", 0.04)):  # val_acc: 1 image
+            assert ours[key] == pytest.approx(theirs[key], abs=tolerance), (ours["epoch"], key)
     for name in ("last.pt", "best.pt"):
         state = torch.load(tmp_path / "compiled" / name, weights_only=True)["model"]
         plain_state = torch.load(tmp_path / "plain" / name, weights_only=True)["model"]
