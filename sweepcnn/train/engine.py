@@ -28,7 +28,7 @@ from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, r
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
 from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
 from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
-from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_scheduler
+from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_optimizer, restore_scheduler
 from sweepcnn.train.totals import CHECK_EVERY, Sums, Totals
 from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
 
@@ -327,7 +327,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     if state is not None:
         # At a phase boundary the saved optimiser belongs to the finished phase: the new one starts fresh.
         if state.get("phase", 0) == phase:
-            optimizer.load_state_dict(state["optimizer"])
+            restore_optimizer(optimizer, state["optimizer"])
             # re-planned if --epochs changed the phase's length (see sweepcnn.train.optim)
             scheduler = restore_scheduler(scheduler, state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -107,6 +107,24 @@ def _length_free(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: i
     return None, "epoch"
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimiser state but keep this optimiser's own `fused` choice: a run may resume on another device
+    than it started on (or from a checkpoint saved before fused optimisers), and the saved groups' flag would
+    override it, leaving an optimiser that takes the fp16 GradScaler's fused arguments into its unfused step (an
+    AssertionError). The step counters move to where each form keeps them: the device (fused), the host (unfused)."""
+    # each group's own choice (None: the optimiser has no fused form, rmsprop)
+    fused = [bool(group["fused"]) if "fused" in group else None for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, fused):
+        if flag is None:
+            continue
+        group["fused"] = flag
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[param]["step"] = step.to(device=param.device if flag else "cpu", dtype=torch.float32)
+
+
 def restore_scheduler(scheduler: Scheduler | None, state: dict | None) -> Scheduler | None:
     """`scheduler`, freshly built for this phase (after its optimiser's state was loaded), continued from its saved
     `state`; re-planned when the phase's length changed since (see the module docstring)."""

@@ -9,7 +9,7 @@ from torch import nn
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
 from sweepcnn.train.optim import (OPTIM_OPTIONS, OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler,
-                                  restore_scheduler)
+                                  restore_optimizer, restore_scheduler)
 from sweepcnn.train.schedules import WARM_RESTART
 
 DEFAULTS = {**parse_args([], OPTIM_OPTIONS)[0], "monitor": "val_acc"}  # the engine's key that plateau reads
@@ -185,3 +185,26 @@ def test_a_short_finished_onecycle_restarts_at_the_stated_fraction():
     _, _, finished = _train(cfg)
     extra, _, _ = _train(cfg, epochs=2, saved=finished)
     assert extra[0] == pytest.approx(WARM_RESTART * PEAK)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("saved_fused, fused", [(False, True), (True, False)])
+def test_a_resume_keeps_the_fused_choice_of_the_device_it_resumes_on(name, saved_fused, fused):
+    """A run started unfused (CPU, or before fused optimisers) and resumed fused (CUDA), or the other way round; on
+    CUDA with fp16 the GradScaler hands a fused optimiser its scale: here on the CPU, which has both forms."""
+    cfg = {**parse_args([], OPTIM_OPTIONS)[0], "optimizer": name}
+    model = nn.Linear(3, 2)
+
+    def step(optimizer, scaler):
+        optimizer.zero_grad()
+        scaler.scale(model(torch.randn(4, 3)).square().mean()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    saved = build_optimizer(model.parameters(), cfg, fused=saved_fused)
+    step(saved, torch.amp.GradScaler("cpu", enabled=False))
+    optimizer = build_optimizer(model.parameters(), cfg, fused=fused)
+    restore_optimizer(optimizer, saved.state_dict())
+    assert [group["fused"] for group in optimizer.param_groups] == [fused]
+    step(optimizer, torch.amp.GradScaler("cpu"))  # before: AssertionError in the unfused step, or a fused step
+    # with its counters on the host
