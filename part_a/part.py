@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sweepcnn.data.datasets import Data
 from sweepcnn.report.interpret import Layers
-from sweepcnn.train.runner import ModelSpec
+from sweepcnn.train.spec import ModelSpec
 from part_a.counting import count_cnn
 from part_a.model import CNN, MODEL_OPTIONS, build_cnn, first_conv, last_conv
 

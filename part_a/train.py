@@ -13,6 +13,7 @@ from sweepcnn.data.datasets import DATA_OPTIONS
 from sweepcnn.train.engine import ENGINE_OPTIONS
 from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.errors import UserError
+from sweepcnn.report.run_report import report_tested_run
 from sweepcnn.train.runner import RUN_OPTIONS, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
 from part_a.model import MODEL_OPTIONS, resolve_cnn_config
@@ -35,7 +36,7 @@ def prepare(cfg: dict) -> tuple[int, int]:
 def main(argv: list[str]) -> int:
     """python part_a/train.py [flags]."""
     return run_training(argv, OPTIONS, prog="python part_a/train.py", description=__doc__.strip().splitlines()[0],
-                        prepare=prepare, build=build)
+                        prepare=prepare, build=build, after_test=report_tested_run)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,16 @@ from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
+from sweepcnn.report.run_report import report_tested_run
 from sweepcnn.train.record import parameter_counts
 from sweepcnn.train.lr_find import LR_FIND_OPTIONS, check_range, lr_range_test
 from sweepcnn.train.optim import OPTIM_OPTIONS
-from sweepcnn.train.runner import RUN_OPTIONS, ModelSpec, run_training
+from sweepcnn.train.runner import RUN_OPTIONS, run_training
+from sweepcnn.train.spec import ModelSpec
 from sweepcnn.tracking import TRACKING_OPTIONS
 from part_b.blocks import (STRATEGIES, block_parameters, check_k, check_layout, freeze, frozen_batchnorm_eval,
                            frozen_count, param_groups, trains_batchnorm)
-from part_b.models import Backbone, gray_normalization, load_backbone, replace_head
+from part_b.models import Backbone, architecture, gray_normalization, load_backbone, replace_head
 from part_b.part import identity, interpretability_layers, label, rebuild
 
 FINETUNE_OPTIONS = {
@@ -109,16 +111,16 @@ class FineTune:
             if cfg["freeze_epochs"] >= cfg["epochs"]:  # allowed: a later --resume with more epochs unfreezes
                 print(f"note: --freeze_epochs={cfg['freeze_epochs']} >= --epochs={cfg['epochs']}: only the head "
                       "trains in this run", file=sys.stderr)
+        # every flag is checked before any weights are looked for (a download may be slow, or impossible offline)
+        model, layout = architecture(cfg["model"], cfg["weights"], cfg["input_size"])
+        check_k(cfg["strategy"], cfg["k"], layout, cfg["model"])
+        frozen = frozen_count(cfg["strategy"], cfg["k"], len(layout.blocks))  # fine_tune's second phase too
+        check_batch_size(cfg["batch_size"], trains_batchnorm(model, layout, frozen, cfg["train_frozen_bn"]),
+                         "a --strategy that freezes every block with BatchNorm layers, without --train_frozen_bn")
         key = (cfg["model"], cfg["weights"], cfg["input_size"], cfg["in_channels"])
         if key != self.key:
             self.backbone = load_backbone(cfg["model"], cfg["weights"], cfg["input_size"], cfg["in_channels"])
             self.key = key
-        layout = self.backbone.layout
-        check_k(cfg["strategy"], cfg["k"], layout, cfg["model"])
-        frozen = frozen_count(cfg["strategy"], cfg["k"], len(layout.blocks))  # fine_tune's second phase too
-        check_batch_size(cfg["batch_size"], trains_batchnorm(self.backbone.model, layout, frozen,
-                                                             cfg["train_frozen_bn"]),
-                         "a --strategy that freezes every block with BatchNorm layers, without --train_frozen_bn")
         return self.input_size(cfg), cfg["in_channels"]
 
     def input_size(self, cfg: dict) -> int:
@@ -173,7 +175,7 @@ def main(argv: list[str]) -> int:
         return 0
     job = FineTune()
     return run_training(argv, OPTIONS, prog=prog, description=description, prepare=job.prepare, build=job.build,
-                        job_type="finetune")
+                        job_type="finetune", after_test=report_tested_run)
 
 
 if __name__ == "__main__":

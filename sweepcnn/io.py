@@ -6,6 +6,7 @@ fsync of the folder. A reader sees the old file or the new one, never a torn one
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -80,6 +81,49 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+class LockHeld(Exception):
+    """Another process holds the lock; the message is what it wrote into the lock file (who it is)."""
+
+
+@contextmanager
+def owned_lock(path: str | os.PathLike, owner: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block, without waiting: LockHeld, with the
+    holder's `owner` text, while another process holds it. `owner` is in the file while the lock is held.
+
+    The same lockf locks as file_lock (across NFS hosts; released by the kernel when the process dies, so a kill
+    never leaves a stale lock). A lock file removed and made again between our open and lock is locked afresh."""
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            try:
+                holder = path.read_text().strip()
+            except OSError:
+                holder = ""
+            raise LockHeld(holder or "another process") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, owner.encode())
+        yield
+    finally:
+        try:
+            os.ftruncate(fd, 0)  # the file names a holder only while one holds it
+        except OSError:
+            pass
+        os.close(fd)
+
+
 @contextmanager
 def file_lock_if_free(path: str | os.PathLike) -> Iterator[bool]:
     """Like file_lock, without waiting and without creating `path`: yields True while holding the lock (or when
@@ -100,7 +144,8 @@ def file_lock_if_free(path: str | os.PathLike) -> Iterator[bool]:
         os.close(fd)
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path`, else its nearest parent that exists."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -109,7 +154,7 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable(path: Path, flag: str, create: bool = False) -> None:
     """A UserError naming `flag` unless a file can be written in `path`. Without `create`, a missing `path` is
     judged by its nearest existing parent and nothing is created."""
-    target = path if create else _nearest_existing(path)
+    target = path if create else nearest_existing(path)
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)

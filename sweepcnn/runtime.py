@@ -84,6 +84,14 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device: unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device: {name} requested but CUDA is not available; use --device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device: {name} requested but this machine has {torch.cuda.device_count()} CUDA "
+                        f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device: {name} requested but Apple's MPS is not available here; use --device=cpu "
+                        "(or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device: {name!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sweepcnn.artifacts import LOG_MODEL, log_model, log_model_choice, use_dataset
-from sweepcnn.config import Option, grouped
+from sweepcnn.config import Option, grouped, parse_value, read_yaml_mapping
+from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, write_json
 from sweepcnn.wandb_args import WATCH, quiet_settings, rewind_point, run_group, under_agent
 from sweepcnn.wandb_args import run_name as wandb_run_name
@@ -131,10 +130,23 @@ def start_side_run(job_type: str, folder: Path, config: dict, *, mode: str | Non
 
 
 def check_tracking(cfg: dict) -> str:
-    """The run's W&B mode; a UserError (before anything is written) for a bad mode, online without credentials or
-    a bad $WANDB_LOG_MODEL."""
+    """The run's W&B mode; a UserError (before anything is written) for a bad mode, online without credentials, a
+    bad $WANDB_LOG_MODEL, or a project or entity name that W&B refuses."""
     log_model_choice(cfg.get("wandb_log_model"))
-    return resolve_mode(cfg["wandb_mode"])
+    mode = resolve_mode(cfg["wandb_mode"])
+    project, entity = project_name(cfg["wandb_project"]), cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY")
+    if (project and project != DEFAULT_PROJECT) or entity:
+        from wandb.errors import UsageError
+        from wandb.sdk.wandb_settings import Settings
+
+        try:
+            Settings(project=project, entity=entity)  # W&B's own checks, as wandb.init makes them
+        except (UsageError, ValueError) as exc:
+            source = "--wandb_project" if cfg["wandb_project"] else "WANDB_PROJECT"
+            hint = (f"; for a team's project use --wandb_entity {project.split('/')[0]} --wandb_project "
+                    f"{project.split('/', 1)[1]}" if project and project.count("/") == 1 else "")
+            raise UserError(f"{source} / --wandb_entity: {str(exc).splitlines()[0]}{hint}") from None
+    return mode
 
 
 def warn_agent_offline(mode: str, flag: str | None) -> None:
@@ -153,13 +165,28 @@ def identity_args(cfg: dict) -> dict[str, Any]:
             "notes": cfg.get("wandb_notes") or None, "group": run_group(cfg.get("wandb_group"))}
 
 
-def _agent_parameters() -> dict:
-    """The parameters `wandb agent` wrote for this run ($WANDB_SWEEP_PARAM_PATH: {name: {value: v}})."""
+def agent_parameters(options: dict[str, Option]) -> dict:
+    """The parameters `wandb agent` wrote for this run ($WANDB_SWEEP_PARAM_PATH: {name: {value: v}}), typed; {}
+    unless launched by an agent. Read before anything is written: a missing, unreadable or malformed file, or a
+    parameter the program does not take or of the wrong type, is a UserError."""
     path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
-    if not (under_agent() and path and Path(path).is_file()):
+    if not (under_agent() and path):
         return {}
-    params = yaml.safe_load(Path(path).read_text()) or {}
-    return {k: v["value"] for k, v in params.items() if isinstance(v, dict) and "value" in v and k != "_wandb"}
+    params = read_yaml_mapping(path, "WANDB_SWEEP_PARAM_PATH")
+    where = f"WANDB_SWEEP_PARAM_PATH {path}"
+    typed = {}
+    for key, entry in params.items():
+        if key in ("wandb_version", "_wandb"):
+            continue
+        if not (isinstance(entry, dict) and "value" in entry):
+            raise UserError(f"{where}: {key}: expected {{value: ...}} as `wandb agent` writes it, got {entry!r}")
+        if key not in options:
+            raise UserError(f"{where}: unknown parameter {key!r}: the program takes the options of its --help")
+        try:
+            typed[key] = parse_value(key, options[key], entry["value"])
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+    return typed
 
 
 class Tracker:
@@ -201,7 +228,12 @@ class Tracker:
                     entity=cfg["wandb_entity"] or os.environ.get("WANDB_ENTITY"), name=wandb_run_name(run_name),
                     mode=self.mode, job_type=job_type, settings=quiet_settings(), **identity_args(cfg))
         rewind = self._rewind_point(run_id) if resume else None
-        self.run = self._start(wandb, init, rewind)
+        try:
+            self.run = self._start(wandb, init, rewind)
+        except wandb.errors.Error as exc:  # the server refused the run (permissions, project, network, ...)
+            raise UserError(f"W&B refused the run ({type(exc).__name__}): {str(exc).strip().splitlines()[0]}; "
+                            "check --wandb_project/--wandb_entity and `wandb login`, or use --wandb_mode offline"
+                            ) from None
         self.run.define_metric("epoch")
         id_file.write_text(self.run.id)
         print(describe_wandb_run(self.run), file=sys.stderr)
@@ -227,13 +259,6 @@ class Tracker:
                   "continued instead, and the epochs after the checkpoint appear twice in its history",
                   file=sys.stderr)
             return wandb.init(**init, resume="allow")
-
-    def sweep_config(self) -> dict:
-        """Parameters a W&B sweep agent set for this run (they win over the command line); with W&B disabled, read
-        from the agent's parameter file."""
-        if self.run is None:
-            return _agent_parameters()
-        return dict(self.run.config) if self.run.sweep_id else {}
 
     def update_config(self, values: dict) -> None:
         """Config values known only after W&B started (num_classes, from the data)."""

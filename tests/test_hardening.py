@@ -345,3 +345,82 @@ def test_bad_multi_process_trials_exit_2_and_change_nothing(tmp_path, case):
     command, flags, fragment = LAUNCH_REFUSALS[case]
     path = _sweep_yaml(tmp_path, "grid", {"learning_rate": {"values": [0.01]}}, command)
     _assert_sweep_refused(tmp_path, path, tmp_path / "sweep", flags, fragment)
+
+
+# ---------------------------------------------------------------------------------------------- start-up corpus
+# issue 17: each refused start-up is one error line, exit 2, no traceback, and writes nothing: a new run's folder is
+# never made, a resumed run's folder stays byte for byte as it was. {params} is an agent parameter file.
+AGENT = {"WANDB_SWEEP_ID": "s1", "WANDB_RUN_ID": "trial1", "WANDB_SWEEP_PARAM_PATH": "{params}"}
+STARTUP_REFUSALS = [  # (arguments, environment, what the error names)
+    (["--wandb_project=team/proj"], {}, "--wandb_entity team --wandb_project proj"),  # bug 6
+    (["--wandb_project=team/proj", "--wandb_mode=disabled"], {}, "cannot contain"),
+    (["--device=mps"], {}, "--device: mps"),  # bug 7
+    (["--epochs=0", "--test"], {}, "--test with --epochs 0"),
+    (["--run_name=" + "x" * 300], {}, "at most 255 bytes"),  # bug 13
+    ([], {**AGENT, "PARAMS": "epochs: 1\n"}, "epochs: expected {value: ...}"),  # bug 12: a flat file
+    ([], {**AGENT, "PARAMS": "epochs: {value: many}\n"}, "--epochs: expected an integer"),
+    ([], {**AGENT, "PARAMS": None}, "file not found"),
+    ([], {**AGENT, "PARAMS": "epochs: 1\n", "WANDB_MODE": "disabled"}, "epochs: expected {value: ...}"),
+    ([], {**AGENT, "PARAMS": "wandb_project: {value: a/b}\n"}, "cannot contain"),
+]
+RESUMED_REFUSALS = [  # ... of `--resume --run_name=r` (a finished Part A run)
+    (["--wandb_project=team/proj"], "cannot contain"),
+    (["--device=mps"], "--device: mps"),
+]
+
+
+def _start(program: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, program, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "offline", **(env or {})})
+
+
+def assert_refused(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and fragment in proc.stderr, (fragment, proc.stderr)
+
+
+@pytest.mark.slow
+def test_refused_start_ups_write_nothing(tmp_path):
+    from tests.sweepcnn.train.test_resume import snapshot
+
+    out = tmp_path / "runs"
+    for args, env, fragment in STARTUP_REFUSALS:
+        env = dict(env)
+        if "PARAMS" in env:
+            params, content = tmp_path / "params.yaml", env.pop("PARAMS")
+            params.unlink(missing_ok=True)
+            if content is not None:
+                params.write_text(content)
+            env["WANDB_SWEEP_PARAM_PATH"] = str(params)
+        if fragment == "--device: mps" and torch_has_mps():
+            continue
+        assert_refused(_start("part_a/train.py", *TINY, f"--out_dir={out}", *args, env=env), fragment)
+        assert not out.exists(), (args, env)
+    assert _start("part_a/train.py", *TINY, "--test", "--report=false", f"--out_dir={out}", "--run_name=r",
+                  "--max_images_per_class=20").returncode == 0
+    before = snapshot(out)
+    for args, fragment in RESUMED_REFUSALS:
+        assert_refused(_start("part_a/train.py", "--resume", f"--out_dir={out}", "--run_name=r", "--epochs=2", *args),
+                       fragment)
+        assert snapshot(out) == before, args
+    # bug 1: the other part's program refuses the run, naming the one that made it
+    assert_refused(_start("part_b/finetune.py", "--resume", f"--out_dir={out}", "--run_name=r", "--epochs=2"),
+                   "made by part_a/train.py")
+    assert snapshot(out) == before
+    # bug 14: a finished run without new epochs is left alone (its --test is not re-run)
+    proc = _start("part_a/train.py", "--resume", f"--out_dir={out}", "--run_name=r")
+    assert proc.returncode == 0 and "already finished after 1 epochs: nothing to do" in proc.stdout
+    assert snapshot(out) == before
+    # bug 2: an unreadable last.pt refuses the resume before config.yaml is touched
+    (out / "r" / "last.pt").write_bytes((out / "r" / "last.pt").read_bytes()[:500])
+    before = snapshot(out)
+    assert_refused(_start("part_a/train.py", "--resume", f"--out_dir={out}", "--run_name=r", "--epochs=3"),
+                   "truncated or corrupt")
+    assert snapshot(out) == before
+
+
+def torch_has_mps() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())

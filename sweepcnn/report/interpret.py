@@ -15,17 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweepcnn.errors import UserError
+from sweepcnn.train.spec import Layers
 
 NEURONS = 10  # guided backpropagation: the channels with the strongest peak activation
 # Activation modules that guided backpropagation hooks (see `guided`).
 GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                       nn.Hardswish, nn.Tanh)
-
-
-@dataclass(frozen=True)
-class Layers:
-    first: nn.Module  # a Conv2d whose kernels are the first-layer filters
-    target: nn.Module  # where Grad-CAM and guided backpropagation look
 
 
 def conv_layers(model: nn.Module) -> Layers:

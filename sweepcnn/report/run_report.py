@@ -26,8 +26,10 @@ and layer4, a ViT's patch embedding and last encoder block's `ln_1`, any other m
 """
 from __future__ import annotations
 
+import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -44,6 +46,9 @@ from sweepcnn.report.wandb_log import log_to_wandb
 from sweepcnn.runtime import resolve_device
 from sweepcnn.tracking import read_history, read_summary
 
+if TYPE_CHECKING:
+    from sweepcnn.train.spec import ModelSpec
+
 
 def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Normalization, cfg: dict,
                  layers: Layers | None = None, new_wandb_run: bool = False, wandb_run: Any = None,
@@ -57,6 +62,20 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     page = write_html(report, run_dir, cfg, read_summary(run_dir) if summary is None else summary)
     log_to_wandb(report, run_dir, cfg, wandb_run, new_run=new_wandb_run, max_rows=table_rows)
     return page
+
+
+def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization: Normalization, cfg: dict,
+                      wandb_run: Any) -> None:
+    """The step part_a/train.py and part_b/finetune.py take after --test (spec.model holds the best checkpoint). The
+    run's results are saved already: a failing report is reported, not fatal."""
+    try:
+        page = build_report(run_dir, spec.model, data, normalization, cfg, layers=spec.layers, wandb_run=wandb_run,
+                            table_rows=cfg.get("report_table_rows"))
+        print(f"report: {page}")
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"warning: the report failed ({type(exc).__name__}: {exc}); training and test results are saved; "
+              f"retry with: python -m sweepcnn.report {run_dir}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from sweepcnn.train.record import RECORD, load_rebuild, read_record
 from sweepcnn.train.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
-    from sweepcnn.train.runner import ModelSpec
+    from sweepcnn.train.spec import ModelSpec
 
 
 def read_config(run_dir: Path) -> dict:

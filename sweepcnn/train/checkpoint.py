@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,28 @@ def unreadable(path: Path, exc: Exception) -> str:
         return "a pickle of other objects than tensors, not a state dict"
     first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(exc).__name__
     return f"a truncated or corrupt PyTorch file ({first})"
+
+
+def shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a state dict."""
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _few(keys: list[str], few: int) -> str:
+    return ", ".join(keys[:few]) + (f" and {len(keys) - few} more" if len(keys) > few else "")
+
+
+def state_mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], few: int = 3
+                   ) -> str:
+    """Why a state dict with the parameter shapes `found` does not load into a model with `expected` ones: the
+    missing, unexpected and reshaped keys, a few of each ('' when it fits)."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [f"{key} {list(found[key])} (the model's: {list(expected[key])})" for key in expected
+                if key in found and found[key] != expected[key]]
+    parts = [f"{len(keys)} {what}: {_few(keys, few)}" for what, keys in (
+        ("missing key(s)", missing), ("unexpected key(s)", unexpected), ("of another shape", reshaped)) if keys]
+    return "; ".join(parts)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,13 +1,15 @@
 """run.json: which part built a run and what identifies it, so that the shared tools rebuild and compare runs
 without knowing the parts. sweepcnn.train.runner writes it from the part's ModelSpec:
 
-    {"rebuild": "part_b.part:rebuild", "input_size": 224, "in_channels": 3, "total_params": 4021150,
-     "trainable_params": 12810, "identity": {"model": "efficientnet_lite0", ...}, "label": "all_except_last"}
+    {"program": "part_b/finetune.py", "rebuild": "part_b.part:rebuild", "input_size": 224, "in_channels": 3,
+     "total_params": 4021150, "trainable_params": 12810, "identity": {"model": "efficientnet_lite0", ...},
+     "label": "all_except_last"}
 
-`rebuild` is the import path (module:function) of the part's `rebuild(cfg, classes) -> ModelSpec`, which builds the
-run's model without downloading weights, ready for best.pt's state dict (sweepcnn.report.runs loads it). `identity`
-tells the run apart in comparisons (sweepcnn.report.compare; its `model` names the architecture) and `label` is
-how a comparison plot labels it. The parameter counts are those of the model as training starts.
+`program` is the script that trains the run (only it resumes it). `rebuild` is the import path (module:function) of
+the part's `rebuild(cfg, classes) -> ModelSpec`, which builds the run's model without downloading weights, ready for
+best.pt's state dict (sweepcnn.report.runs loads it). `identity` tells the run apart in comparisons
+(sweepcnn.report.compare; its `model` names the architecture) and `label` is how a comparison plot labels it. The
+parameter counts are those of the model as training starts.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from sweepcnn.io import write_json
 if TYPE_CHECKING:
     from torch import nn
 
-    from sweepcnn.train.runner import ModelSpec
+    from sweepcnn.train.spec import ModelSpec
 
 RECORD = "run.json"
 _HOW = ('train it again, or write {run_dir}/run.json as {{"rebuild": "part_a.part:rebuild", "input_size": N, '
@@ -47,11 +49,13 @@ def import_path(function: Callable) -> str:
     return f"{module}:{name}"
 
 
-def write_record(run_dir: Path, spec: ModelSpec, input_size: int, in_channels: int) -> None:
-    """RUN_DIR/run.json from the part's ModelSpec, with the model's parameter counts."""
+def write_record(run_dir: Path, spec: ModelSpec, input_size: int, in_channels: int, program: str | None = None
+                 ) -> None:
+    """RUN_DIR/run.json from the part's ModelSpec, with the model's parameter counts and the program that trains
+    it (e.g. part_a/train.py: only it may resume the run)."""
     identity = spec.identity or {"model": type(spec.model).__name__}
     write_json(Path(run_dir) / RECORD, {
-        "rebuild": import_path(spec.rebuild) if spec.rebuild else None, "input_size": input_size,
+        "program": program, "rebuild": import_path(spec.rebuild) if spec.rebuild else None, "input_size": input_size,
         "in_channels": in_channels, **parameter_counts(spec.model), "identity": identity,
         "label": spec.label if spec.label is not None else default_label(identity)})
 

@@ -4,7 +4,9 @@
     SIGUSR1                 preemption: wandb.mark_preempting(), status `preempted`, exit 138; W&B requeues it
     SIGINT, SIGTERM         interrupted: status `interrupted (SIG...)`, exit 128 + signal; `--resume` continues it
 
-In every case the last completed epoch is saved in last.pt and the summary holds the best epoch so far.
+In every case the last completed epoch is saved in last.pt (if one completed) and the summary holds the best epoch so
+far. A stop during start-up, before the run folder is written or while it is, leaves nothing behind (a new run's
+folder removed, a resumed run's files as they were) and exits with the same code.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def _ending(stop: Interrupted) -> tuple[str, int]:
 
 
 def end_before_start(stop: Interrupted) -> int:
-    """A stop signal before the run folder exists (e.g. while the data is decoded): nothing to save."""
+    """A stop signal during start-up (while the data is decoded, or the run folder or W&B run is being made, then
+    undone): nothing to save."""
     status, code = _ending(stop)
     print(f"\n{stop}: {status.split(' ')[0]} before the run started: nothing was saved", file=sys.stderr)
     return code
@@ -45,14 +48,20 @@ def end_stopped_run(stop: Interrupted, run_dir: Path, tracker: Tracker, summary:
     tracker.summary(summary)
     tracker.finish(code)
     resume = f"--resume --run_name={run_dir.name} --out_dir={run_dir.parent}"
-    if status == "stopped":
+    last = run_dir / "last.pt"
+    if not last.is_file():  # stopped before its first epoch completed
+        saved = "no epoch was completed, so no checkpoint was saved"
+        then = {"stopped": "the sweep's stop is final", "preempted": f"a relaunch (or {resume}) starts it over"}
+        print(f"\n{stop}: {status.split(' ')[0]} before the first epoch completed: {saved}; "
+              f"{then.get(status, f'{resume} starts it over')}", file=sys.stderr)
+    elif status == "stopped":
         print(f"\n{stop}: stopped by the sweep; a finished run at its best epoch ({summary.get('val_acc')} "
-              f"val_acc); the last completed epoch is saved in {run_dir / 'last.pt'}", file=sys.stderr)
+              f"val_acc); the last completed epoch is saved in {last}", file=sys.stderr)
     elif status == "preempted":
-        print(f"\n{stop}: preempted; the last completed epoch is saved in {run_dir / 'last.pt'}; a relaunch with "
+        print(f"\n{stop}: preempted; the last completed epoch is saved in {last}; a relaunch with "
               f"the same WANDB_RUN_ID resumes it (W&B requeues it under a sweep), or continue with {resume}",
               file=sys.stderr)
     else:
-        print(f"\n{stop}: stopped; the last completed epoch is saved in {run_dir / 'last.pt'}; continue with "
-              f"{resume}", file=sys.stderr)
+        print(f"\n{stop}: stopped; the last completed epoch is saved in {last}; continue with {resume}",
+              file=sys.stderr)
     return code

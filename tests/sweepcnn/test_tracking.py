@@ -174,13 +174,40 @@ def test_the_agent_warning_only_under_an_agent_and_not_online(monkeypatch, capsy
     assert err.count("warning:") == 1 and "disabled (from --wandb_mode)" in err and "s1" in err
 
 
-def test_a_disabled_run_under_an_agent_still_takes_the_sweep_parameters(tmp_path, monkeypatch):
+def test_the_agent_parameters_are_read_typed_from_its_file(tmp_path, monkeypatch):
+    from part_a.train import OPTIONS
+    from sweepcnn.tracking import agent_parameters
+
     params = tmp_path / "params.yaml"
-    params.write_text("learning_rate: {value: 0.01}\n_wandb: {desc: internal}\n")
+    params.write_text("wandb_version: 1\nlearning_rate: {value: 0.01}\nfilter_sizes: {value: '[3, 5, 3, 3, 3]'}\n"
+                      "_wandb: {desc: internal}\n")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert agent_parameters(OPTIONS) == {}  # only under `wandb agent`
+    monkeypatch.setenv("WANDB_SWEEP_ID", "s1")
+    assert agent_parameters(OPTIONS) == {"learning_rate": 0.01, "filter_sizes": [3, 5, 3, 3, 3]}
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "file not found"),
+    ("epochs: 1\n", "epochs: expected {value: ...}"),
+    ("[1, 2]\n", "must hold a mapping"),
+    ("epochs: {value: 1\n", "cannot read"),
+    ("epochs: {value: many}\n", "--epochs: expected an integer"),
+    ("lr: {value: 0.1}\n", "unknown parameter 'lr'"),
+])
+def test_a_bad_agent_parameter_file_is_one_error(tmp_path, monkeypatch, content, fragment):
+    from part_a.train import OPTIONS
+    from sweepcnn.tracking import agent_parameters
+
+    params = tmp_path / "params.yaml"
+    if content is not None:
+        params.write_text(content)
     monkeypatch.setenv("WANDB_SWEEP_ID", "s1")
     monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
-    tracker = Tracker(tmp_path, {**CFG, "wandb_mode": "disabled"}, "r", resume=False)
-    assert tracker.run is None and tracker.sweep_config() == {"learning_rate": 0.01}
+    with pytest.raises(UserError, match="WANDB_SWEEP_PARAM_PATH") as err:
+        agent_parameters(OPTIONS)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------- credentials

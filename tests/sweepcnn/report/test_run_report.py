@@ -31,7 +31,7 @@ from sweepcnn.config import parse_args
 from sweepcnn.data.datasets import ImageSet, load_data
 from sweepcnn.errors import UserError
 from sweepcnn.train.record import RECORD, import_path, read_record, write_record
-from sweepcnn.train.runner import ModelSpec
+from sweepcnn.train.spec import ModelSpec
 from part_a import part as part_a
 from part_a.model import CNN
 from part_a.train import OPTIONS
