@@ -13,14 +13,14 @@ from sweepcnn.data.datasets import DATA_OPTIONS
 from sweepcnn.train.engine import ENGINE_OPTIONS
 from sweepcnn.train.optim import OPTIM_OPTIONS
 from sweepcnn.errors import UserError
-from sweepcnn.report.run_report import report_tested_run
+from sweepcnn.report.run_report import REPORT_OPTIONS, report_tested_run
 from sweepcnn.train.runner import RUN_OPTIONS, run_training
 from sweepcnn.tracking import TRACKING_OPTIONS
 from part_a.model import MODEL_OPTIONS, resolve_cnn_config
 from part_a.part import build, model_config
 
 OPTIONS = {**DATA_OPTIONS, **AUGMENT_OPTIONS, **grouped("model", MODEL_OPTIONS), **OPTIM_OPTIONS, **ENGINE_OPTIONS,
-           **TRACKING_OPTIONS, **RUN_OPTIONS}
+           **TRACKING_OPTIONS, **RUN_OPTIONS, **REPORT_OPTIONS}
 
 
 def prepare(cfg: dict) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import DATA_OPTIONS, Data, count_classes
 from sweepcnn.train.engine import ENGINE_OPTIONS, Phase, fit
 from sweepcnn.errors import UserError
-from sweepcnn.report.run_report import report_tested_run
+from sweepcnn.report.run_report import REPORT_OPTIONS, report_tested_run
 from sweepcnn.train.record import parameter_counts
 from sweepcnn.train.lr_find import LR_FIND_OPTIONS, check_range, lr_range_test
 from sweepcnn.train.optim import OPTIM_OPTIONS
@@ -71,7 +71,7 @@ _DEFAULTS = {"epochs": 5, "batch_size": 32, "optimizer": "adamw", "learning_rate
 TRAINING = {k: replace(opt, default=_DEFAULTS[k]) if k in _DEFAULTS else opt
             for k, opt in {**OPTIM_OPTIONS, **ENGINE_OPTIONS}.items()}
 OPTIONS = {**DATA_OPTIONS, **AUGMENT_OPTIONS, **grouped("model and fine-tuning", FINETUNE_OPTIONS), **TRAINING,
-           **LR_FIND_OPTIONS, **TRACKING_OPTIONS, **RUN_OPTIONS}
+           **LR_FIND_OPTIONS, **TRACKING_OPTIONS, **RUN_OPTIONS, **REPORT_OPTIONS}
 
 
 def describe(backbone: Backbone, cfg: dict, input_size: int) -> dict:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from sweepcnn.config import run_cli
+from sweepcnn.config import Option, grouped, run_cli
 from sweepcnn.data.datasets import Data
 from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.io import check_writable
@@ -64,13 +64,22 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     return page
 
 
+REPORT_OPTIONS = grouped("run", {
+    "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
+    "report_table_rows": Option(None, "with --report: at most this many test images in the W&B table of every test "
+                                      "prediction (default: all)", "int", min=1, nullable=True),
+})
+
+
 def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization: Normalization, cfg: dict,
                       wandb_run: Any) -> None:
     """The step part_a/train.py and part_b/finetune.py take after --test (spec.model holds the best checkpoint). The
-    run's results are saved already: a failing report is reported, not fatal."""
+    run's results are saved already: a failing report is reported, not fatal. Nothing without --report."""
+    if not cfg["report"]:
+        return
     try:
         page = build_report(run_dir, spec.model, data, normalization, cfg, layers=spec.layers, wandb_run=wandb_run,
-                            table_rows=cfg.get("report_table_rows"))
+                            table_rows=cfg["report_table_rows"])
         print(f"report: {page}")
     except Exception as exc:
         traceback.print_exc()

@@ -21,18 +21,16 @@ from sweepcnn.train.record import write_record
 from sweepcnn.train.run_dir import RUN_FOLDER_OPTIONS, write_run_files
 from sweepcnn.train.run_lock import hold_run_folder
 from sweepcnn.train.spec import ModelSpec
-from sweepcnn.train.startup import Start, plan_start
+from sweepcnn.train.startup import PROCESS_OPTIONS, Start, plan_start
 from sweepcnn.train.stops import end_before_start, end_stopped_run
 
 RUN_OPTIONS = grouped("run", {
     **RUN_FOLDER_OPTIONS,
     "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
-    "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
-    "report_table_rows": Option(None, "with --report: at most this many test images in the W&B table of every test "
-                                      "prediction (default: all)", "int", min=1, nullable=True),
-    "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
+    **PROCESS_OPTIONS,
 })
-# A part's step after --test: (run_dir, spec whose model holds the best checkpoint, data, normalization, cfg, W&B run)
+# A part's step after --test (e.g. its report): (run_dir, spec whose model holds the best checkpoint, data,
+# normalization, cfg, W&B run)
 AfterTest = Callable[[Path, ModelSpec, Data, Any, dict, Any], None]
 
 
@@ -41,7 +39,7 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
                  job_type: str = "train", after_test: AfterTest | None = None) -> int:
     """`prepare(cfg)` validates the part's config and returns (input_size, channels) before any data is touched;
     `build(cfg, data)` returns the model once cfg['num_classes'] is known; `job_type` is the W&B run's;
-    `after_test` (with --test and --report) writes the report. A stop signal at any moment has the run's stop
+    `after_test` runs after --test (the report). A stop signal at any moment has the run's stop
     semantics (sweepcnn.train.stops)."""
     install_signal_handlers()
     try:
@@ -99,7 +97,7 @@ def _train(start: Start, tracker: Tracker, after_test: AfterTest | None) -> int:
                            extra=summary, phases=spec.phases, train_mode=spec.train_mode, test=cfg["test"])
         summary["status"] = "finished"
         tracker.summary(summary)
-        if cfg["test"] and cfg["report"] and spec.run is fit and after_test is not None:
+        if cfg["test"] and spec.run is fit and after_test is not None:
             after_test(run_dir, spec, data, normalization, cfg, tracker.run)  # spec.model holds the best checkpoint
         tracker.finish(0)
         print(f"run folder: {run_dir}")

@@ -19,9 +19,14 @@ PACKAGES = ("sweepcnn", "part_a", "part_b")
 RECORD_READERS = ("sweepcnn/report/",)
 # (reading module, option): why it may read an option declared elsewhere
 CROSS_READS = {
-    ("sweepcnn/train/runner.py", "seed"): "seeds the model's initialisation, before build() and fit",
+    ("sweepcnn/train/startup.py", "seed"): "seeds the model's initialisation, before build() and fit",
+    ("sweepcnn/train/startup.py", "split_seed"): "checks a resumed run's split.json against the data",
     ("sweepcnn/train/runner.py", "split_seed"): "records the split's seed in split.json",
-    ("sweepcnn/train/runner.py", "num_classes"): "sets it from the data for a part that declares it",
+    ("sweepcnn/train/startup.py", "num_classes"): "sets it from the data for a part that declares it",
+    ("sweepcnn/train/startup.py", "device"): "phase 1 checks the device before anything is written",
+    ("sweepcnn/train/startup.py", "epochs"): "phase 1: --test with --epochs 0, a finished run with no new epoch",
+    ("sweepcnn/train/startup.py", "patience"): "phase 1: a finished (early-stopped) run with nothing to do",
+    ("sweepcnn/train/startup.py", "test"): "phase 1: --test with --epochs 0 is refused before anything is written",
     ("sweepcnn/train/optim.py", "epochs"): "a schedule spans its phase: fit hands it the phase's epochs",
     ("sweepcnn/train/optim.py", "monitor"): "ReduceLROnPlateau follows the metric that selects the best epoch",
     ("sweepcnn/train/lr_find.py", "batch_size"): "the LR range test stands in for fit (ModelSpec.run) and trains "
