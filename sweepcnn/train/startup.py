@@ -74,7 +74,7 @@ def _saved_progress(run: RunFolder) -> tuple[Progress, dict] | None:
 def _finished(run: RunFolder, progress: Progress, argv: list[str]) -> str | None:
     """A finished run that this command would give no new epoch: nothing to do, unless --test is asked for again."""
     cfg = run.cfg
-    if read_summary(run.path).get("status") != "finished" or flag_given(argv, "test"):
+    if read_summary(run.path).get("status") != "finished" or (flag_given(argv, "test") and cfg["test"]):
         return None
     if progress.epoch < cfg["epochs"] and not progress.early_stopped(cfg["patience"], cfg["epochs"]):
         return None
