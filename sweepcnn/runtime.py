@@ -139,7 +139,8 @@ class Interrupted(BaseException):
 
 class _Deferral:
     depth = 0  # nesting of signals_deferred() blocks
-    pending: int | None = None  # a signal that arrived inside one
+    pending: int | None = None  # a signal that arrived inside one (or, collective, not yet agreed on)
+    collective = False  # several ranks: signals are only recorded; sweepcnn.distributed.check_stop raises them
 
 
 def _stop(signum: int) -> NoReturn:
@@ -158,14 +159,32 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         _Deferral.depth -= 1
-        if _Deferral.depth == 0 and _Deferral.pending is not None:
-            signum, _Deferral.pending = _Deferral.pending, None
-            _stop(signum)
+        if _Deferral.depth == 0 and _Deferral.pending is not None and not _Deferral.collective:
+            raise_stop(_Deferral.pending)
+
+
+def collective_signals(enabled: bool, raise_pending: bool = True) -> None:
+    """Record stop signals instead of raising them (several ranks must stop at the same step); when turned off, a
+    signal recorded meanwhile is raised (`raise_pending`)."""
+    _Deferral.collective = enabled
+    if not enabled and raise_pending and _Deferral.depth == 0 and _Deferral.pending is not None:
+        raise_stop(_Deferral.pending)
+
+
+def pending_signal() -> int | None:
+    """The stop signal recorded but not raised yet, if any."""
+    return _Deferral.pending
+
+
+def raise_stop(signum: int) -> NoReturn:
+    """Raise Interrupted for `signum` now (repeats of the stop signals are ignored from here on)."""
+    _Deferral.pending = None
+    _stop(signum)
 
 
 def install_signal_handlers() -> None:
     def handler(signum, frame):
-        if _Deferral.depth:
+        if _Deferral.depth or _Deferral.collective:
             _Deferral.pending = signum
             return
         _stop(signum)

@@ -345,3 +345,17 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
             print(describe_wandb_run(self.run), file=sys.stderr)
             self.run = None
+
+
+class Replica(Tracker):
+    """The tracker of a rank other than 0 when several processes train one run (sweepcnn.distributed): it writes
+    nothing and starts no W&B run; rank 0's Tracker records the run."""
+
+    def __init__(self):  # noqa: super().__init__ would start W&B and write files
+        self.run, self.final, self.history = None, {}, []
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def summary(self, summary: dict) -> None:
+        self.final = summary

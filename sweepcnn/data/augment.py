@@ -19,6 +19,7 @@ from sweepcnn.data import warp
 from sweepcnn.data.color import Canvas, ColourStep, RowStep, to_device
 from sweepcnn.data.device_data import DEVICE_DATA_OPTIONS
 from sweepcnn.data.policies import Policy
+from sweepcnn.data.shards import Shard
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "random_resized_crop", "color_jitter", "gaussian_blur", "sharpness",
                  "autoaugment", "randaugment", "trivialaugment")
@@ -85,9 +86,14 @@ class Augment:
             matrices, steps = (matrices if m is None else matrices @ m), steps + s
         return matrices, steps
 
-    def canvas(self, images: torch.Tensor, generator: torch.Generator) -> Canvas:
+    def canvas(self, images: torch.Tensor, generator: torch.Generator, shard: Shard | None = None) -> Canvas:
         n, _, height, width = images.shape
-        matrices, steps = self.draw(n, height, width, generator)
+        if shard is None:
+            matrices, steps = self.draw(n, height, width, generator)
+        else:  # drawn for the whole global batch, as one process draws them: this rank's samples' parameters
+            index = torch.as_tensor(shard.positions, dtype=torch.long)
+            matrices, steps = self.draw(shard.total, height, width, generator)
+            matrices, steps = matrices[index], [step.select(index, shard.total) for step in steps]
         pixels = images.float()
         rows = warp.moving(matrices)
         theta = to_device(warp.normalized(matrices[rows], height, width), images.device)
@@ -108,11 +114,12 @@ class Augment:
         ones, zeros = torch.ones(c, device=images.device), torch.zeros(c, device=images.device)
         return self.canvas(images, generator).result(ones, zeros).round_().clamp_(0, 255).to(torch.uint8)
 
-    def normalized(self, images: torch.Tensor, generator: torch.Generator, mean: torch.Tensor, std: torch.Tensor
-                   ) -> torch.Tensor:
+    def normalized(self, images: torch.Tensor, generator: torch.Generator, mean: torch.Tensor, std: torch.Tensor,
+                   shard: Shard | None = None) -> torch.Tensor:
         """(augmented - mean) / std as float, `mean` and `std` per channel on the 0-255 scale: the normalisation
-        joins the colour map's matrix product, so augmenting costs no extra pass for it."""
-        return self.canvas(images, generator).result(1 / std, -mean / std)
+        joins the colour map's matrix product, so augmenting costs no extra pass for it. `shard`: `images` are these
+        positions of a global batch (several ranks), augmented as the whole batch would be."""
+        return self.canvas(images, generator, shard).result(1 / std, -mean / std)
 
 
 def augmenter(cfg: dict, channels: int) -> Augment | None:

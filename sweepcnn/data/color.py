@@ -82,6 +82,11 @@ class ColourStep:
     def apply(self, canvas: Canvas) -> None:
         canvas.colour(self)
 
+    def select(self, positions: torch.Tensor, total: int) -> ColourStep:
+        """The step of the samples at `positions` of the `total` it was drawn for, in that order."""
+        return ColourStep(*(getattr(self, f)[positions] for f in ("brightness", "contrast", "saturation", "hue",
+                                                                     "invert")))
+
 
 @dataclass
 class RowStep:
@@ -91,6 +96,14 @@ class RowStep:
     kind: str
     rows: torch.Tensor
     values: torch.Tensor
+
+    def select(self, positions: torch.Tensor, total: int) -> RowStep:
+        """The step of the samples at `positions` of the `total` it was drawn for, numbered as they are there."""
+        slot = torch.full((total,), -1, dtype=torch.long)
+        slot[self.rows] = torch.arange(len(self.rows))
+        picked = slot[positions]
+        kept = torch.nonzero(picked >= 0).flatten()
+        return RowStep(self.kind, kept, self.values[picked[kept]])
 
     def apply(self, canvas: Canvas) -> None:
         if len(self.rows):

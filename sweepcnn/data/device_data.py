@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from sweepcnn.config import Option, grouped
 from sweepcnn.data.datasets import ImageSet, make_loader
+from sweepcnn.data.shards import ShardSampler, TrainShards
 
 DEVICE_DATA_OPTIONS = grouped("data", {
     "data_on_device": Option(0.33, "on CUDA: keep a split's uint8 pixels in GPU memory when they take at most this "
@@ -73,9 +74,14 @@ class Prefetch:
 
 
 def device_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
-                  device: torch.device):
-    """Batches of `images` for `device` (see the module docstring); on CUDA `--data_on_device` sets the share."""
+                  device: torch.device, shards: TrainShards | None = None):
+    """Batches of `images` for `device` (see the module docstring); on CUDA `--data_on_device` sets the share.
+    `shards`: this rank's shard of each global batch (several ranks, sweepcnn.data.shards)."""
     loader = make_loader(images, batch_size, train, cfg, generator, pin_memory=device.type == "cuda")
+    if shards is not None:  # the same generator: its draws (the workers' base seed, the order) stay as in one process
+        loader = DataLoader(images, batch_sampler=ShardSampler(loader.batch_sampler, shards),
+                            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                            collate_fn=loader.collate_fn, generator=generator)
     if device.type != "cuda":
         return loader
     nbytes = len(images) * int(np.prod(images.pixels.shape[1:]))

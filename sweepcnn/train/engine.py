@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sweepcnn import distributed
 from sweepcnn.config import Option, grouped
 from sweepcnn.data.augment import Augment, augmenter
 from sweepcnn.data.datasets import Data
 from sweepcnn.data.device_data import device_loader
+from sweepcnn.data.shards import Shard, TrainShards, split_part
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, rng_state, seed_everything,
                               set_rng_state, signals_deferred)
@@ -34,6 +36,7 @@ from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
 
 AUGMENT_SEED = 2**40  # offsets the augmentation generator's seed from the shuffling one's
 MIX_SEED = 2**41  # and the mixup/CutMix generator's
+RANK_SEED = 2**42  # offsets each rank's global RNG seed (several ranks)
 METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
 
 ENGINE_OPTIONS = grouped("training", {
@@ -123,11 +126,14 @@ class Batches:
         """These batches with `augment` (None: as they are) drawing from `generator`."""
         return Batches(*self.normalization, self.device, self.channels_last, augment, generator)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`shard`: the images are this rank's part of a global batch (augmented as the whole batch would be)."""
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if self.augment is not None:  # float NCHW: a channels_last model's first convolution converts it in its
             # own (autocast) precision, cheaper than a float32 copy here
-            return self.augment.normalized(images, self.generator, self.mean.flatten(), self.std.flatten()), labels
+            return self.augment.normalized(images, self.generator, self.mean.flatten(), self.std.flatten(),
+                                           shard), labels
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images.float().sub_(self.mean).div_(self.std), labels
@@ -148,8 +154,8 @@ def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None
                        len(labels))
             if keep_outputs:
                 outputs.append(logits)
-    sums = totals.read()
-    result = {"loss": sums.mean_loss(), "acc": sums.accuracy()}
+    sums = totals.read()  # several ranks: over all of them, each having scored its own slice
+    result = {"loss": sums.mean_loss(), "acc": sums.accuracy(), "count": int(sums.count)}
     if keep_outputs:  # concatenated outside inference mode: an ordinary tensor, which callers may change in place
         result["logits"] = torch.cat(outputs).cpu() if outputs else torch.empty(0)
     return result
@@ -161,11 +167,13 @@ def nonfinite_loss(sums: Sums) -> FloatingPointError:
 
 def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, loss_fn, scheduler, step_on: str,
                     grad_clip: float | None, desc: str, train_mode: Callable[[], None] | None = None,
-                    mix: Mixer | None = None, ema: WeightAverage | None = None) -> dict[str, float]:
+                    mix: Mixer | None = None, ema: WeightAverage | None = None,
+                    shards: TrainShards | None = None) -> dict[str, float]:
     """One pass over the training batches. With `mix`, train_acc is the share of the (unsmoothed) mixed targets'
     mass on the predicted classes: accuracy when nothing is mixed, lam or 1 - lam for a prediction of either image
     of a pair. A step never waits for the device: the sums stay there (sweepcnn.train.totals), read every
-    CHECK_EVERY steps (the progress bar; a non-finite loss raises FloatingPointError) and at the end."""
+    CHECK_EVERY steps (the progress bar; a non-finite loss raises FloatingPointError) and at the end. `shards`: the
+    loader yields this rank's shard of each global batch (several ranks)."""
     model.train()
     if train_mode is not None:  # e.g. frozen BatchNorm layers back to eval mode
         train_mode()
@@ -173,15 +181,21 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
     for step, (images, labels) in enumerate(bar, 1):
-        images, labels = batches(images, labels)
+        shard = shards(step - 1) if shards is not None else None
+        images, labels = batches(images, labels, shard)
+        partners = None
+        if shard is not None and shards.partners:  # the shard's own images, then their mixing partners
+            images, labels, partners = images[:shard.size], labels[:shard.size], (images[shard.size:],
+                                                                                  labels[shard.size:])
         targets = labels
         if mix is not None:
-            images, targets = mix(images, labels)
+            images, targets = mix(images, labels, partners)
         with autocast(batches.device, amp):
             logits = model(images)
-            loss = loss_fn(logits.float(), targets)
+            # an empty shard (a last batch smaller than the ranks) still joins the gradient all-reduce, with zeros
+            loss = loss_fn(logits.float(), targets) if len(labels) else logits.float().sum() * 0
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss if shard is None else shard.weighted(loss, shards.world)).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -194,6 +208,7 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
         predicted = logits.detach().argmax(1)
         correct = targets.gather(1, predicted[:, None]).sum() if mix is not None else (predicted == labels).sum()
         totals.add(loss * len(labels), correct, len(labels))
+        distributed.check_stop()
         if step % CHECK_EVERY == 0:
             sums = totals.read()
             if not sums.finite:
@@ -227,7 +242,7 @@ def default_phases(model: nn.Module) -> list[Phase]:
 def place_model(model: nn.Module, cfg: dict, normalization: tuple[list[float], list[float]]
                 ) -> tuple[torch.device, torch.dtype | None, Batches]:
     """Move the model to cfg's device and memory format; return (device, autocast dtype or None, batch mover)."""
-    device = resolve_device(cfg["device"])
+    device = distributed.device(resolve_device(cfg["device"]))
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
@@ -288,14 +303,25 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
     optimiser and schedule. `train_mode()` runs after `model.train()` at the start of every training epoch."""
+    model = distributed.prepare_model(model, cfg, distributed.device(resolve_device(cfg["device"])))  # --sync_bn
     device, amp, batches = place_model(model, cfg, normalization)
     # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
     net = torch.compile(model) if cfg["compile"] else model
     train_set, generator, augment_generator = data.train, torch.Generator(), torch.Generator()
     train_batches = batches.augmented(augmenter(cfg, train_set.pixels.shape[1]), augment_generator)
     mix, tta = mixer(cfg, len(data.classes)), tta_mode(cfg)
-    train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device)
-    val_loader = device_loader(data.val, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
+    rank, world = distributed.rank(), distributed.world()
+    shards = TrainShards(len(train_set), cfg["batch_size"], rank, world, mix is not None) if world > 1 else None
+    train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device, shards)
+    eval_batch = 2 * cfg["batch_size"] // world  # per rank: each scores its own slice of a split
+    val_loader = device_loader(split_part(data.val, rank, world), eval_batch, False, cfg, torch.Generator(), device)
+
+    def trainer() -> nn.Module:
+        """What the training steps run: in DDP (several ranks) over the phase's trainable parameters."""
+        if world == 1:
+            return net
+        wrapped = distributed.wrap(model, device)
+        return torch.compile(wrapped) if cfg["compile"] else wrapped
 
     phases = phases or default_phases(model)
     starts = phase_starts(phases)
@@ -315,7 +341,9 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     progress = Progress()
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = load_checkpoint(last_path, device) if resume and last_path.exists() else None
+    # several ranks: rank 0 reads it (on the CPU, as its tensors then travel to every rank) and sends it to all
+    state = distributed.on_main(lambda: load_checkpoint(last_path, device if world == 1 else "cpu")
+                                if resume and last_path.exists() else None)
     if state is not None:
         model.load_state_dict(state["model"])
         progress = Progress(**state["progress"])
@@ -324,6 +352,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         ema.load_state_dict(state["ema"])
     phase = phase_at(progress.epoch + 1)
     optimizer, scheduler, step_on = start_phase(phase)
+    train_net = trainer()
     if state is not None:
         # At a phase boundary the saved optimiser belongs to the finished phase: the new one starts fresh.
         if state.get("phase", 0) == phase:
@@ -344,16 +373,17 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         if phase_at(epoch) != phase:
             phase = phase_at(epoch)
             optimizer, scheduler, step_on = start_phase(phase)
+            train_net = trainer()
             tqdm.write(f"phase {phase + 1}/{len(phases)} from epoch {epoch}")
-        seed_everything(epoch_seed(cfg["seed"], epoch))
+        seed_everything(epoch_seed(cfg["seed"], epoch) + RANK_SEED * rank)  # e.g. dropout: each rank its own
         generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         augment_generator.manual_seed(AUGMENT_SEED + epoch_seed(cfg["seed"], epoch))
         if mix is not None:
             mix.reseed(MIX_SEED + epoch_seed(cfg["seed"], epoch))
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[-1]["lr"]
-        train = train_one_epoch(net, train_loader, train_batches, amp, optimizer, scaler, loss_fn, scheduler, step_on,
-                                cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode, mix, ema)
+        train = train_one_epoch(train_net, train_loader, train_batches, amp, optimizer, scaler, loss_fn, scheduler,
+                                step_on, cfg["grad_clip"], f"epoch {epoch}/{epochs}", train_mode, mix, ema, shards)
         val, scored = validate(net, ema, val_loader, batches, amp, tta, cfg["monitor"])
         metrics = {"epoch": epoch, **train, **val, "learning_rate": lr}
         if scheduler is not None and step_on == "epoch":
@@ -369,10 +399,11 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             weights = "ema" if ema is not None and scored is ema.module else "raw"
             progress.best_weights = weights if ema is not None else None
             best_model = ema.module if weights == "ema" else model
-            save_atomic({"model": best_model.state_dict(), "epoch": epoch, "metrics": metrics,
-                         "classes": data.classes, "weights": weights,
-                         "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
-                        best_path)
+            if distributed.is_main():  # rank 0 alone writes
+                save_atomic({"model": best_model.state_dict(), "epoch": epoch, "metrics": metrics,
+                             "classes": data.classes, "weights": weights,
+                             "normalization": {"mean": normalization[0], "std": normalization[1]}, "config": cfg},
+                            best_path)
         progress.epoch = epoch
         stop = cfg["patience"] is not None and progress.bad_epochs >= cfg["patience"]
         progress.stopped_at = {"patience": cfg["patience"], "epochs": epochs} if stop else None
@@ -380,10 +411,11 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         # trains and logs an epoch twice.
         with signals_deferred():
             log(metrics, epoch)
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
-                         "phase": phase, **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
+            if distributed.is_main():  # rank 0 alone writes
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                             "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
+                             "phase": phase, **({"ema": ema.state_dict()} if ema is not None else {})}, last_path)
         ema_note = f" (EMA {val['val_acc_ema']:.4f}, raw {val['val_acc_raw']:.4f})" if ema is not None else ""
         tqdm.write(f"epoch {epoch}/{epochs}  train_loss {train['train_loss']:.4f}  train_acc {train['train_acc']:.4f}"
                    f"  val_loss {val['val_loss']:.4f}  val_acc {val['val_acc']:.4f}{ema_note}  lr {lr:.2e}"
@@ -396,10 +428,13 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
                "tricks": {"mixup": mix.mixup if mix else 0.0, "cutmix": mix.cutmix if mix else 0.0,
                           "ema_decay": ema.decay if ema else None, "tta": tta}}
     if test:
-        if not best_path.exists():
+        if not distributed.on_main(best_path.exists):
             raise UserError(f"--test: no best checkpoint in {run_dir}: train at least one epoch first")
-        model.load_state_dict(load_checkpoint(best_path, device)["model"])
-        test_loader = device_loader(data.test, 2 * cfg["batch_size"], False, cfg, torch.Generator(), device)
+        if distributed.is_main():
+            model.load_state_dict(load_checkpoint(best_path, device)["model"])
+        distributed.broadcast_module(model)
+        test_loader = device_loader(split_part(data.test, rank, world), eval_batch, False, cfg, torch.Generator(),
+                                    device)
         scores = evaluate(net, test_loader, batches, amp, desc="test", tta=tta)
         summary.update(test_acc=scores["acc"], test_loss=scores["loss"])
         if tta != "none":  # what the test-time augmentation gave

@@ -55,18 +55,26 @@ class Mixer:
         alpha = self.cutmix if use_cutmix else self.mixup
         return float(self.rng.beta(alpha, alpha)), use_cutmix
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 partners: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`partners`: the (images, labels) each image is mixed with (default: the batch's mirror; several ranks
+        pass the partners of their shard in the global batch)."""
+        others, other_labels = partners if partners is not None else (images.flip(0), labels.flip(0))
         lam, use_cutmix = self._draw()
         if use_cutmix:
             top, bottom, left, right, lam = cutmix_box(images.shape[-2], images.shape[-1], lam, self.rng)
             images = images.clone()
-            images[..., top:bottom, left:right] = images.flip(0)[..., top:bottom, left:right]
+            images[..., top:bottom, left:right] = others[..., top:bottom, left:right]
         elif lam < 1.0:
-            images = images.mul(lam).add_(images.flip(0), alpha=1.0 - lam)
-        # scatter, not F.one_hot: on the CPU one_hot reads the labels' min and max back to check them
-        targets = torch.zeros(len(labels), self.num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
+            images = images.mul(lam).add_(others, alpha=1.0 - lam)
+        targets = self.one_hot(labels)
         self.last_lam = lam
-        return images, targets * lam + targets.flip(0) * (1.0 - lam)
+        other_targets = targets.flip(0) if partners is None else self.one_hot(other_labels)
+        return images, targets * lam + other_targets * (1.0 - lam)
+
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        # scatter, not F.one_hot: on the CPU one_hot reads the labels' min and max back to check them
+        return torch.zeros(len(labels), self.num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
 
 
 def mixer(cfg: dict, num_classes: int) -> Mixer | None:

@@ -1,33 +1,41 @@
 """One training run from the command line, shared by Part A and Part B, in two phases: phase 1
 (sweepcnn.train.startup) reads and checks everything and writes nothing; phase 2, here, holds the run folder's lock
 for the life of the run (sweepcnn.train.run_lock), writes the run's files, starts W&B, trains and tests. Each part
-supplies only how to check its config and how to build its model, and the step to take after --test (its report)."""
+supplies only how to check its config and how to build its model, and the step to take after --test (its report).
+
+Under torchrun with several processes (sweepcnn.distributed) rank 0 alone plans the run from the files it reads,
+holds the lock and writes; the other ranks receive its plan (the run folder and its final config), read the data and
+build the model themselves, and train beside it writing nothing."""
 from __future__ import annotations
 
 import errno
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from sweepcnn import distributed
 from sweepcnn.config import Option, grouped
 from sweepcnn.data.datasets import Data, channel_stats
 from sweepcnn.errors import UserError
-from sweepcnn.runtime import Interrupted, install_signal_handlers
-from sweepcnn.tracking import Tracker
+from sweepcnn.distributed import DISTRIBUTED_OPTIONS
+from sweepcnn.runtime import Interrupted, install_signal_handlers, resolve_device
+from sweepcnn.tracking import Replica, Tracker
 from sweepcnn.train.checkpoint import NO_SPACE
 from sweepcnn.train.engine import amp_dtype, fit
 from sweepcnn.train.record import write_record
 from sweepcnn.train.run_dir import RUN_FOLDER_OPTIONS, write_run_files
 from sweepcnn.train.run_lock import hold_run_folder
 from sweepcnn.train.spec import ModelSpec
-from sweepcnn.train.startup import PROCESS_OPTIONS, Start, plan_start
-from sweepcnn.train.stops import end_before_start, end_stopped_run
+from sweepcnn.train.startup import PROCESS_OPTIONS, Start, follow_start, plan_start, resolve_config
+from sweepcnn.train.stops import end_before_start, end_stopped_run, stop_code
 
 RUN_OPTIONS = grouped("run", {
     **RUN_FOLDER_OPTIONS,
     "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
     **PROCESS_OPTIONS,
+    **DISTRIBUTED_OPTIONS,
 })
 # A part's step after --test (e.g. its report): (run_dir, spec whose model holds the best checkpoint, data,
 # normalization, cfg, W&B run)
@@ -42,18 +50,46 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
     `after_test` runs after --test (the report). A stop signal at any moment has the run's stop
     semantics (sweepcnn.train.stops)."""
     install_signal_handlers()
+    if distributed.launched() > 1:  # several processes under torchrun: join them
+        cfg, _ = resolve_config(argv, options, prog, description)
+        distributed.init(cfg, resolve_device(cfg["device"]))
     try:
+        return _run(argv, options, prog, description, prepare, build, job_type, after_test)
+    finally:
+        distributed.cleanup(raise_pending=False)
+
+
+def _plan(argv: list[str], options: dict[str, Option], prog: str, description: str,
+          prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec]) -> Start:
+    """Phase 1; several ranks: rank 0's plan (first: it builds the decoded-image cache), followed by the others."""
+    def plan() -> Start:
         start = plan_start(argv, options, prog=prog, description=description, prepare=prepare, build=build)
+        if distributed.active() and start.spec is not None and start.spec.run is not fit:
+            raise UserError("--lr_find runs in one process: run it without torchrun")
+        return start
+
+    start = distributed.on_main(plan, share=False)
+    run, nothing_to_do = distributed.agreed((start.run, start.nothing_to_do) if start is not None else None)
+    return start if distributed.is_main() else follow_start(run, nothing_to_do, prepare, build)
+
+
+def _run(argv: list[str], options: dict[str, Option], prog: str, description: str,
+         prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec], job_type: str,
+         after_test: AfterTest | None) -> int:
+    main = distributed.is_main()
+    try:
+        start = _plan(argv, options, prog, description, prepare, build)
     except Interrupted as stop:
         return end_before_start(stop)
     if start.nothing_to_do:
         print(start.nothing_to_do)
         return 0
     try:
-        with hold_run_folder(start.run.path) as rollback:
+        with hold_run_folder(start.run.path) if main else nullcontext() as rollback:
             try:
-                start.run.check_unchanged()
-                tracker = _begin(start, options, job_type, prog.removeprefix("python "))
+                # rank 0 writes; its failure reaches the other ranks, which end quietly with its exit code
+                tracker = distributed.on_main(lambda: _begin(start, options, job_type, prog.removeprefix("python ")),
+                                              share=False) or Replica()
             except OSError as exc:
                 rollback.undo()
                 if exc.errno in (*NO_SPACE, errno.EACCES, errno.EROFS, errno.EPERM):
@@ -61,9 +97,10 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
                                     f"({exc.filename}); it is left as it was") from None
                 raise
             except BaseException:
-                rollback.undo()
+                if main:
+                    rollback.undo()
                 raise
-            return _train(start, tracker, after_test)
+            return _train(start, tracker, after_test, main)
     except Interrupted as stop:  # while the run folder or the W&B run was being made (then undone)
         return end_before_start(stop)
 
@@ -72,6 +109,7 @@ def _begin(start: Start, options: dict[str, Option], job_type: str, program: str
     """Phase 2's writes before training: config.yaml, split.json, the W&B run, run.json. Undone by the caller if
     any fails."""
     cfg, run_dir, spec = start.cfg, start.run.path, start.spec
+    start.run.check_unchanged()
     write_run_files(run_dir, cfg, options, start.data.split_record(cfg["split_seed"]))
     tracker = Tracker(run_dir, cfg, run_dir.name, start.run.resume, job_type)
     try:
@@ -86,7 +124,7 @@ def _begin(start: Start, options: dict[str, Option], job_type: str, program: str
     return tracker
 
 
-def _train(start: Start, tracker: Tracker, after_test: AfterTest | None) -> int:
+def _train(start: Start, tracker: Tracker, after_test: AfterTest | None, main: bool) -> int:
     cfg, run_dir, spec, data = start.cfg, start.run.path, start.spec, start.data
     summary: dict = {"status": "running"}
     try:
@@ -95,6 +133,9 @@ def _train(start: Start, tracker: Tracker, after_test: AfterTest | None) -> int:
         summary = {"status": "running", **spec.info, "skipped_files": skipped}
         summary = spec.run(spec.model, data, cfg, run_dir, tracker.log, normalization, resume=start.run.resume,
                            extra=summary, phases=spec.phases, train_mode=spec.train_mode, test=cfg["test"])
+        distributed.cleanup()  # the report runs on rank 0 alone
+        if not main:
+            return 0
         summary["status"] = "finished"
         tracker.summary(summary)
         if cfg["test"] and spec.run is fit and after_test is not None:
@@ -103,7 +144,7 @@ def _train(start: Start, tracker: Tracker, after_test: AfterTest | None) -> int:
         print(f"run folder: {run_dir}")
         return 0
     except Interrupted as stop:
-        return end_stopped_run(stop, run_dir, tracker, summary)
+        return end_stopped_run(stop, run_dir, tracker, summary) if main else stop_code(stop)
     except FloatingPointError as exc:
         summary["status"] = "failed"
         tracker.summary(summary)

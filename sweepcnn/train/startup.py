@@ -130,3 +130,19 @@ def plan_start(argv: list[str], options: dict[str, Option], *, prog: str, descri
             raise UserError(f"--resume: {run.path / 'last.pt'} does not fit the model of {run.path / 'config.yaml'}: "
                             f"{mismatch}")
     return Start(run, data, spec, size, channels)
+
+
+def follow_start(run: RunFolder, nothing_to_do: str | None, prepare: Callable[[dict], tuple[int, int]],
+                 build: Callable[[dict, Data], ModelSpec]) -> Start:
+    """Phase 1 of a rank other than 0 (several processes, sweepcnn.distributed): rank 0 planned the run (`run`
+    holds its final config) and checked everything; this rank sets itself up alike, reads the data and builds the
+    model, writing nothing."""
+    if nothing_to_do:
+        return Start(run, nothing_to_do=nothing_to_do)
+    cfg = run.cfg
+    size, channels = prepare(cfg)
+    tune_allocator()
+    set_deterministic(cfg["deterministic"])
+    seed_everything(cfg["seed"])
+    data = _read_data(cfg, set(), size, channels)
+    return Start(run, data, build(cfg, data), size, channels)

@@ -31,6 +31,11 @@ def _ending(stop: Interrupted) -> tuple[str, int]:
     return f"interrupted ({stop})", 128 + stop.signum
 
 
+def stop_code(stop: Interrupted) -> int:
+    """The exit code of a run that got a stop signal (a rank other than 0 of several: it writes nothing)."""
+    return _ending(stop)[1]
+
+
 def end_before_start(stop: Interrupted) -> int:
     """A stop signal during start-up (while the data is decoded, or the run folder or W&B run is being made, then
     undone): nothing to save."""

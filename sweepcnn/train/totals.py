@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from sweepcnn import distributed
+
 CHECK_EVERY = 50  # training steps between read-backs: a non-finite loss stops the run within this many steps
 
 
@@ -43,5 +45,5 @@ class Totals:
         values[3] = torch.where(first, loss_sum, values[3])
 
     def read(self) -> Sums:
-        """The sums so far: waits for the device."""
-        return Sums(*self.values.tolist())
+        """The sums so far (several ranks: over all of them): waits for the device."""
+        return Sums(*distributed.summed(self.values).tolist())

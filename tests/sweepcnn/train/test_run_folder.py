@@ -56,13 +56,14 @@ def test_resume_of_a_read_only_run_folder_is_one_error(tmp_path):
     assert snapshot(tmp_path / "r") == before
 
 
-def interrupt_after(args: list[str], epochs: int, signum: int, env: dict) -> subprocess.Popen:
-    """Run part_a/train.py, send `signum` once `epochs` epochs are logged and checkpointed in `run` (the row is
-    logged before last.pt is written), wait for it to end."""
-    proc = subprocess.Popen([sys.executable, "part_a/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+def interrupt_after(args: list[str], epochs: int, signum: int, env: dict,
+                    launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.Popen:
+    """Run part_a/train.py (through `launcher`, e.g. torchrun), send `signum` once `epochs` epochs are logged and
+    checkpointed in `run` (the row is logged before last.pt is written), wait for it to end."""
+    proc = subprocess.Popen([*launcher, "part_a/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     run = Path(next(a for a in args if a.startswith("--out_dir=")).partition("=")[2]) / env["WANDB_RUN_ID"]
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while len(read_history(run)) < epochs or not (run / "last.pt").exists():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
