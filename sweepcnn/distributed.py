@@ -135,11 +135,9 @@ def on_main(fn: Callable[[], T], share: bool = True) -> T | None:
     return result if is_main() else value
 
 
-def main_first(fn: Callable[[], T]) -> T:
-    """fn() on every rank, rank 0 first (e.g. reading the data: it builds the decoded-image cache, the others then
-    read it); an error on rank 0 reaches the others before they start."""
-    result = on_main(fn, share=False)
-    return result if is_main() else fn()
+def agreed(value: T) -> T:
+    """Rank 0's `value` on every rank."""
+    return on_main(lambda: value)
 
 
 def summed(values: torch.Tensor) -> torch.Tensor:
