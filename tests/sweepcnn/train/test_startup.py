@@ -50,6 +50,23 @@ def test_a_run_folders_config_starts_a_new_run(tmp_path, capsys):
     assert "run_name, resume, device" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------------------------- identity (bug 1)
+def test_a_resume_by_the_program_that_did_not_make_the_run_is_refused(tmp_path):
+    from part_a.train import OPTIONS
+    from sweepcnn.train.run_dir import open_run
+
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": "resnet18", "strategy": "none", "epochs": 1}))
+    cfg, explicit = parse_args(["--resume", "--run_name=b", f"--out_dir={tmp_path}"], OPTIONS)
+    with pytest.raises(UserError, match="made by another program, not by part_a/train.py .its config.yaml has "
+                                        "model, strategy"):  # a run made before run.json named its program
+        open_run(cfg, explicit, OPTIONS, "part_a/train.py")
+    (run / "run.json").write_text(json.dumps({"program": "part_b/finetune.py", "rebuild": "part_b.part:rebuild"}))
+    with pytest.raises(UserError, match="made by part_b/finetune.py, not by part_a/train.py"):
+        open_run(cfg, explicit, OPTIONS, "part_a/train.py")
+
+
 # ---------------------------------------------------------------------------------------------- checks (7, 13)
 def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch):
     from sweepcnn.runtime import resolve_device
