@@ -99,10 +99,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.table_rows is not None and args.table_rows < 1:
         raise UserError(f"--table_rows: {args.table_rows} is not a positive number of rows")
+    device = resolve_device(args.device)  # before the model or the data is read
     spec, cfg, classes, normalization = load_run_model(args.run_dir)
     check_writable(args.run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
     data = load_run_data(args.run_dir, cfg, classes)
-    page = build_report(args.run_dir, spec.model.to(resolve_device(args.device)), data, normalization, cfg,
+    page = build_report(args.run_dir, spec.model.to(device), data, normalization, cfg,
                         layers=spec.layers, new_wandb_run=args.wandb, table_rows=args.table_rows)
     print(f"report: {page}")
     return 0

@@ -77,6 +77,15 @@ def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch):
         resolve_device("cuda:3")
 
 
+def test_the_report_checks_its_device_before_it_reads_the_run(tmp_path):
+    from sweepcnn.report.run_report import main
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(UserError, match="--device: mps requested but Apple's MPS is not available"):
+        main([str(tmp_path / "not_a_run"), "--device", "mps"])
+
+
 def test_a_state_dict_mismatch_names_a_few_keys_of_each_kind():
     from sweepcnn.train.checkpoint import state_mismatch
 
