@@ -90,15 +90,12 @@ def _run(argv: list[str], options: dict[str, Option], prog: str, description: st
                 # rank 0 writes; its failure reaches the other ranks, which end quietly with its exit code
                 tracker = distributed.on_main(lambda: _begin(start, options, job_type, prog.removeprefix("python ")),
                                               share=False) or Replica()
-            except OSError as exc:
-                rollback.undo()
-                if exc.errno in (*NO_SPACE, errno.EACCES, errno.EROFS, errno.EPERM):
+            except BaseException as exc:
+                if main:  # the other ranks hold no rollback: they wrote nothing
+                    rollback.undo()
+                if isinstance(exc, OSError) and exc.errno in (*NO_SPACE, errno.EACCES, errno.EROFS, errno.EPERM):
                     raise UserError(f"cannot write the run folder {start.run.path}: {exc.strerror} "
                                     f"({exc.filename}); it is left as it was") from None
-                raise
-            except BaseException:
-                if main:
-                    rollback.undo()
                 raise
             return _train(start, tracker, after_test, main)
     except Interrupted as stop:  # while the run folder or the W&B run was being made (then undone)

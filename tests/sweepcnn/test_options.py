@@ -24,6 +24,10 @@ CROSS_READS = {
     ("sweepcnn/train/runner.py", "split_seed"): "records the split's seed in split.json",
     ("sweepcnn/train/startup.py", "num_classes"): "sets it from the data for a part that declares it",
     ("sweepcnn/train/startup.py", "device"): "phase 1 checks the device before anything is written",
+    ("sweepcnn/train/runner.py", "device"): "under torchrun, the process group joins on the run's device (its "
+                                             "backend: NCCL on CUDA, gloo on CPU) before phase 1",
+    ("sweepcnn/distributed.py", "batch_size"): "--batch_size is the global batch: it must divide over the ranks "
+                                               "when the process group starts",
     ("sweepcnn/train/startup.py", "epochs"): "phase 1: --test with --epochs 0, a finished run with no new epoch",
     ("sweepcnn/train/startup.py", "patience"): "phase 1: a finished (early-stopped) run with nothing to do",
     ("sweepcnn/train/startup.py", "test"): "phase 1: --test with --epochs 0 is refused before anything is written",
