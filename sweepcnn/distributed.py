@@ -56,6 +56,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def bars_off() -> bool | None:
+    """tqdm's `disable`: progress bars on rank 0 alone (None: where stderr is a terminal, as in one process)."""
+    return None if is_main() else True
+
+
 def init(cfg: dict, device: torch.device) -> None:
     """Join torchrun's process group when it started several processes: check that --batch_size divides over
     them, pin this process to its GPU, agree on stop signals, and let only rank 0 print to stdout."""
@@ -68,6 +73,9 @@ def init(cfg: dict, device: torch.device) -> None:
         if os.environ.get("RANK", "0") != "0":  # every rank finds it: rank 0 alone says so
             raise SystemExit(2) from None
         raise
+    if device.type == "mps":
+        raise UserError("--device mps: torchrun's several processes need CUDA (NCCL) or CPUs (gloo); Apple's MPS has "
+                        "no collective backend: run one process, or --device cpu")
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -184,6 +192,7 @@ class HostSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(input)
+        dtype, input = input.dtype, input.float()  # statistics in float32 under bf16 autocast, as BatchNorm's kernels
         dims, shape = [0, *range(2, input.dim())], [1, -1] + [1] * (input.dim() - 2)
         count = torch.tensor([input.numel() // max(input.size(1), 1)], dtype=torch.float64)
         dist.all_reduce(count)
@@ -199,7 +208,8 @@ class HostSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 unbiased = var.detach() * (count / max(count - 1, 1))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        out = out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return out.to(dtype)
 
 
 def prepare_model(model: nn.Module, cfg: dict, device: torch.device) -> nn.Module:
@@ -215,9 +225,11 @@ def prepare_model(model: nn.Module, cfg: dict, device: torch.device) -> nn.Modul
     return model
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, cfg: dict, device: torch.device) -> nn.Module:
     """`model` in DistributedDataParallel (its trainable parameters only: frozen ones stay out of the gradient
     buckets), or itself in one process. Call again when the trainable parameters change (a new phase)."""
     if not active():
         return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # synchronised BatchNorm keeps the running statistics equal on every rank: no buffer broadcast every forward
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               broadcast_buffers=not cfg.get("sync_bn", True))

@@ -234,9 +234,13 @@ class Tracker:
             raise UserError(f"W&B refused the run ({type(exc).__name__}): {str(exc).strip().splitlines()[0]}; "
                             "check --wandb_project/--wandb_entity and `wandb login`, or use --wandb_mode offline"
                             ) from None
-        self.run.define_metric("epoch")
-        id_file.write_text(self.run.id)
-        print(describe_wandb_run(self.run), file=sys.stderr)
+        try:
+            self.run.define_metric("epoch")
+            atomic_write(id_file, self.run.id)
+            print(describe_wandb_run(self.run), file=sys.stderr)
+        except BaseException:  # e.g. a full disk: the caller undoes the run folder, so end the W&B run first
+            self.run.finish(exit_code=1)
+            raise
 
     def _rewind_point(self, run_id: str | None) -> str | None:
         """Online, for a run whose metrics.jsonl holds an epoch its last.pt does not (a hard kill between the two):

@@ -1,4 +1,4 @@
-"""Upload offline W&B runs: the newest offline-run-* folder of each run folder, and only that one.
+"""Upload offline W&B runs: the newest offline-run-* folder of each W&B run, and only that one.
 
     python -m sweepcnn.wandb_sync PATH... [--dry_run]
 
@@ -9,6 +9,7 @@ newest's history by a part of it. --dry_run prints the `wandb sync` command and 
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -17,10 +18,18 @@ from pathlib import Path
 from sweepcnn.config import run_cli
 from sweepcnn.errors import ArgumentParser, UserError
 
+# offline-run-<start time>-<run id>, with -<n> added by W&B when a resume starts within the same second
+RUN_FOLDER = re.compile(r"offline-run-\d{8}_\d{6}-(.+?)(?:-\d+)?$")
+
+
+def _run_id(folder: Path) -> str:
+    match = RUN_FOLDER.match(folder.name)
+    return match.group(1) if match else folder.name
+
 
 def newest_offline_runs(paths: list[Path]) -> list[Path]:
-    """The newest offline-run-* folder of every wandb/ folder at or below `paths` (folder names start with their
-    start time, so the newest sorts last)."""
+    """The newest offline-run-* folder of every W&B run in each wandb/ folder at or below `paths` (the newest sorts
+    last; a report's side run shares its run's wandb/)."""
     found = []
     for path in paths:
         if not path.is_dir():
@@ -28,8 +37,7 @@ def newest_offline_runs(paths: list[Path]) -> list[Path]:
         folders = [path] if path.name == "wandb" else [path / "wandb", *sorted(path.rglob("wandb"))]
         for folder in dict.fromkeys(f for f in folders if f.is_dir()):
             runs = sorted(p for p in folder.glob("offline-run-*") if p.is_dir())
-            if runs:
-                found.append(runs[-1])
+            found += {_run_id(run): run for run in runs}.values()
     if not found:
         raise UserError(f"no offline W&B run (wandb/offline-run-*) in {', '.join(map(str, paths))}")
     return found
@@ -40,7 +48,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("paths", type=Path, nargs="+", help="run folders, or folders above them")
     parser.add_argument("--dry_run", action="store_true", help="print the `wandb sync` command, run nothing")
     args = parser.parse_args(argv)
-    command = ["wandb", "sync", *map(str, newest_offline_runs(args.paths))]
+    command = [sys.executable, "-m", "wandb", "sync", *map(str, newest_offline_runs(args.paths))]
     print(shlex.join(command))
     if args.dry_run:
         return 0

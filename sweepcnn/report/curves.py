@@ -37,13 +37,15 @@ def one_vs_rest(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> Cu
         return curves
     for c in scored:
         fpr, tpr, _ = roc_curve(truth[:, c], probs[:, c])
-        precision, recall, _ = precision_recall_curve(truth[:, c], probs[:, c])
+        precision, recall, _ = precision_recall_curve(truth[:, c], probs[:, c], drop_intermediate=True)
         name = classes[c]
         curves.roc[name], curves.pr[name] = (fpr, tpr), (recall, precision)
         curves.auc[name], curves.ap[name] = float(auc(fpr, tpr)), float(average_precision_score(truth[:, c],
                                                                                                   probs[:, c]))
     fpr, tpr, _ = roc_curve(truth[:, scored].ravel(), probs[:, scored].ravel())
-    precision, recall, _ = precision_recall_curve(truth[:, scored].ravel(), probs[:, scored].ravel())
+    # drop_intermediate: the points a plot shows (W&B tables stop at 200,000 rows: 10k images x 10 classes had ~1M)
+    precision, recall, _ = precision_recall_curve(truth[:, scored].ravel(), probs[:, scored].ravel(),
+                                                  drop_intermediate=True)
     curves.roc[MICRO], curves.pr[MICRO] = (fpr, tpr), (recall, precision)
     curves.auc[MICRO] = float(auc(fpr, tpr))
     curves.ap[MICRO] = float(average_precision_score(truth[:, scored], probs[:, scored], average="micro"))

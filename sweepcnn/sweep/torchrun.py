@@ -17,9 +17,10 @@ from sweepcnn.sweep.spec import agent_command
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 NPROC = re.compile(r"^--nproc[_-]per[_-]node(?:=(.*))?$")
-# options that place a trial on several machines or on a fixed port: offline trials share one machine
 ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
-MULTI_NODE = re.compile(r"^--(nnodes|node[_-]rank|rdzv[_-]\w+|master[_-](addr|port))(=|$)")
+# options that place a trial on several machines or on a fixed port: offline trials share one machine (--nnodes=1
+# and 1:1 say one machine, as W&B's own torchrun examples write it)
+MULTI_NODE = re.compile(r"^--(nnodes(?!=1(:1)?$)|node[_-]rank|rdzv[_-]\w+|master[_-](addr|port))(=|$)")
 
 
 def _torchrun_at(command: list[str]) -> int | None:

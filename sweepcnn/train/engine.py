@@ -30,7 +30,8 @@ from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, r
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
 from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
 from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
-from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_optimizer, restore_scheduler
+from sweepcnn.train.optim import (build_optimizer, build_scheduler, restore_optimizer, restore_scaler,
+                                  restore_scheduler)
 from sweepcnn.train.totals import CHECK_EVERY, Sums, Totals
 from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
 
@@ -146,7 +147,7 @@ def evaluate(model: nn.Module, loader, batches: Batches, amp: torch.dtype | None
     model.eval()
     totals, outputs = Totals(batches.device), []
     with torch.inference_mode():
-        for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.bars_off()):
             images, labels = batches(images, labels)
             with autocast(batches.device, amp):
                 logits = tta_logits(model, images, tta)
@@ -179,7 +180,7 @@ def train_one_epoch(model, loader, batches: Batches, amp, optimizer, scaler, los
         train_mode()
     totals = Totals(batches.device)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=distributed.bars_off())
     for step, (images, labels) in enumerate(bar, 1):
         shard = shards(step - 1) if shards is not None else None
         images, labels = batches(images, labels, shard)
@@ -303,8 +304,8 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
 
     `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
     optimiser and schedule. `train_mode()` runs after `model.train()` at the start of every training epoch."""
-    model = distributed.prepare_model(model, cfg, distributed.device(resolve_device(cfg["device"])))  # --sync_bn
     device, amp, batches = place_model(model, cfg, normalization)
+    model = distributed.prepare_model(model, cfg, device)  # --sync_bn: the same parameters, already in place
     # The compiled wrapper shares the parameters; checkpoints keep saving `model`, whose keys have no prefix.
     net = torch.compile(model) if cfg["compile"] else model
     train_set, generator, augment_generator = data.train, torch.Generator(), torch.Generator()
@@ -320,7 +321,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         """What the training steps run: in DDP (several ranks) over the phase's trainable parameters."""
         if world == 1:
             return net
-        wrapped = distributed.wrap(model, device)
+        wrapped = distributed.wrap(model, cfg, device)
         return torch.compile(wrapped) if cfg["compile"] else wrapped
 
     phases = phases or default_phases(model)
@@ -359,7 +360,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
             restore_optimizer(optimizer, state["optimizer"])
             # re-planned if --epochs changed the phase's length (see sweepcnn.train.optim)
             scheduler = restore_scheduler(scheduler, state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"])
         set_rng_state(state["rng"])
 
     epochs = cfg["epochs"]
@@ -369,7 +370,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
                    "or --epochs to train on)")
         first = epochs + 1
     for epoch in tqdm(range(first, epochs + 1), desc="epochs", unit="epoch",
-                      initial=progress.epoch, total=epochs, disable=None):
+                      initial=progress.epoch, total=epochs, disable=distributed.bars_off()):
         if phase_at(epoch) != phase:
             phase = phase_at(epoch)
             optimizer, scheduler, step_on = start_phase(phase)

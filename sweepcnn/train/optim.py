@@ -125,6 +125,14 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 optimizer.state[param]["step"] = step.to(device=param.device if flag else "cpu", dtype=torch.float32)
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load a saved GradScaler state. `--amp auto` resolves per device, so a run may resume on a card of another
+    precision: a disabled scaler (bf16, fp32) saved {}, which an enabled one (fp16, a T4) refuses to load; it then
+    starts from its initial scale, as a new fp16 run does."""
+    if state:
+        scaler.load_state_dict(state)
+
+
 def restore_scheduler(scheduler: Scheduler | None, state: dict | None) -> Scheduler | None:
     """`scheduler`, freshly built for this phase (after its optimiser's state was loaded), continued from its saved
     `state`; re-planned when the phase's length changed since (see the module docstring)."""

@@ -169,7 +169,8 @@ def open_run(cfg: dict, explicit: set[str], options: dict[str, Option], program:
     cfg = {**cfg, "run_name": name}
     if path.is_dir():
         check_free(path)
-    started = (path / "config.yaml").is_file()
+    seen = _seen(path)  # before deciding from it: phase 2 checks under the lock that it still holds
+    started = seen[0] is not None
     relaunch = started and not cfg["resume"] and (under_sweep() or os.environ.get("WANDB_RUN_ID") == name)
     if relaunch:
         status = read_summary(path).get("status")
@@ -181,16 +182,15 @@ def open_run(cfg: dict, explicit: set[str], options: dict[str, Option], program:
         if started:
             raise _exists(path)
         check_writable(path if path.exists() else path.parent, "--out_dir")
-        return RunFolder(path, cfg, seen=_seen(path))
+        return RunFolder(path, cfg, seen=seen)
     elif not started:
         if not path.is_dir():
             raise UserError(f"--resume: no run folder {path}: is --out_dir/--run_name right?")
         print(f"note: {path} has no config.yaml: the run never started (it was stopped during start-up); starting "
               "it now with the flags given", file=sys.stderr)
         check_writable(path, "--out_dir")
-        return RunFolder(path, {**cfg, "resume": False}, seen=_seen(path))
+        return RunFolder(path, {**cfg, "resume": False}, seen=seen)
     check_writable(path, "--resume: the run folder")
-    seen = _seen(path)
     return RunFolder(path, _resumed_config(path, cfg, explicit, options, program), seen=seen)
 
 

@@ -2,6 +2,7 @@
 resume after a hard kill rewinds the W&B run; a resumed offline run is synced from its newest folder."""
 import os
 import signal
+import sys
 from dataclasses import asdict
 
 import pytest
@@ -136,16 +137,19 @@ def test_a_resumed_offline_runs_newest_folder_is_the_one_to_sync(tmp_path, monke
     history, _, _ = history_and_summary(tmp_path, newer)
     assert [row["epoch"] for row in history] == [1, 2] and run_record(newer)["run_id"] == run_record(older)["run_id"]
     assert wandb_sync.main([str(tmp_path), "--dry_run"]) == 0
-    assert capsys.readouterr().out.strip() == f"wandb sync {newer.parent}"
+    assert capsys.readouterr().out.strip() == f"{sys.executable} -m wandb sync {newer.parent}"
 
 
 def test_wandb_sync_names_the_newest_offline_folder_of_every_run_below_its_paths(tmp_path, capsys):
+    # a/ also holds its report's side run (python -m sweepcnn.report a --wandb), started after the training run
     for folder in ("a/wandb/offline-run-20261206_100000-a", "a/wandb/offline-run-20261206_110000-a",
-                   "b/wandb/offline-run-20261206_100500-b", "c/wandb/latest-run"):
+                   "a/wandb/offline-run-20261206_120000-report", "b/wandb/offline-run-20261206_100500-b",
+                   "c/wandb/latest-run"):
         (tmp_path / "sweep" / "runs" / folder).mkdir(parents=True)
     assert wandb_sync.main([str(tmp_path / "sweep"), "--dry_run"]) == 0
     runs = tmp_path / "sweep" / "runs"
-    assert capsys.readouterr().out.split() == ["wandb", "sync", str(runs / "a/wandb/offline-run-20261206_110000-a"),
-                                               str(runs / "b/wandb/offline-run-20261206_100500-b")]
+    assert capsys.readouterr().out.split() == [
+        sys.executable, "-m", "wandb", "sync", str(runs / "a/wandb/offline-run-20261206_110000-a"),
+        str(runs / "a/wandb/offline-run-20261206_120000-report"), str(runs / "b/wandb/offline-run-20261206_100500-b")]
     with pytest.raises(UserError, match="no offline W&B run"):
         wandb_sync.main([str(runs / "c")])

@@ -47,7 +47,8 @@ def test_gpus_per_trial_wraps_the_default_command_in_torchrun():
         trial_command(_sweep(["${program}", "${args}"]), {}, 2)
 
 
-@pytest.mark.parametrize("options, procs", [(["--nproc_per_node", "3"], 3), (["--standalone", "--nproc-per-node=2"], 2)])
+@pytest.mark.parametrize("options, procs", [(["--nproc_per_node", "3"], 3), (["--standalone", "--nproc-per-node=2"], 2),
+                                           (["--nnodes=1", "--nproc_per_node=2"], 2), (["--nnodes=1:1", "--nproc_per_node=2"], 2)])
 def test_a_torchrun_yaml_command_runs_standalone_once(options, procs):
     sweep = _sweep(["${env}", "torchrun", *options, "${program}", "${args}"])
     assert yaml_procs(sweep, Path("x.yaml")) == procs
@@ -58,7 +59,8 @@ def test_a_torchrun_yaml_command_runs_standalone_once(options, procs):
 @pytest.mark.parametrize("options, fragment", [
     ([], "--nproc_per_node=N"), (["--nproc_per_node=auto"], "'auto'"), (["--nproc_per_node=2", "--master_port=29500"],
                                                                         "--master_port=29500"),
-    (["--nnodes=2", "--nproc_per_node=2"], "--nnodes=2"), (["--nproc_per_node=2", "--rdzv_endpoint", "h:1"], "rdzv")])
+    (["--nnodes=2", "--nproc_per_node=2"], "--nnodes=2"), (["--nnodes=1:2", "--nproc_per_node=2"], "--nnodes=1:2"),
+    (["--nproc_per_node=2", "--rdzv_endpoint", "h:1"], "rdzv")])
 def test_torchrun_options_an_offline_trial_cannot_honour_are_refused(options, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
         yaml_procs(_sweep(["torchrun", *options, "${program}", "${args}"]), Path("x.yaml"))

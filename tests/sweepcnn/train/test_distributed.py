@@ -332,3 +332,16 @@ def test_part_b_first_k_two_phases_on_2_ranks_keeps_frozen_weights_and_trains_th
     assert frozen and len(frozen) < len(weights)
     assert all(torch.equal(two[k], start[k]) for k in frozen)
     assert not any(torch.equal(two[k], start[k]) for k in weights if k not in frozen)
+
+
+def test_progress_bars_show_on_rank_0_alone_and_mps_is_refused_under_torchrun(monkeypatch):
+    from sweepcnn import distributed
+    from sweepcnn.errors import UserError
+
+    assert distributed.bars_off() is None  # one process: tqdm decides by the terminal, as before
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.bars_off() is True
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--device mps"):
+        distributed.init({"batch_size": 64}, torch.device("mps"))
+    assert not distributed.active()

@@ -9,6 +9,7 @@ from torch import nn
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
 from sweepcnn.train.optim import (OPTIM_OPTIONS, OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler,
+                                  restore_scaler,
                                   restore_optimizer, restore_scheduler)
 from sweepcnn.train.schedules import WARM_RESTART
 
@@ -208,3 +209,15 @@ def test_a_resume_keeps_the_fused_choice_of_the_device_it_resumes_on(name, saved
     assert [group["fused"] for group in optimizer.param_groups] == [fused]
     step(optimizer, torch.amp.GradScaler("cpu"))  # before: AssertionError in the unfused step, or a fused step
     # with its counters on the host
+
+
+def test_a_resume_on_a_card_of_another_precision_restores_the_grad_scaler():
+    """Started in bf16 or fp32 (its scaler disabled saved {}), resumed on an fp16 card (a T4, whose scaler is
+    enabled), and the other way round: before, load_state_dict raised on the empty state."""
+    enabled = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    restore_scaler(enabled, torch.amp.GradScaler("cpu", enabled=False).state_dict())
+    assert enabled.get_scale() == 1024.0
+    scaled = torch.amp.GradScaler("cpu", init_scale=8.0)
+    restore_scaler(scaled, enabled.state_dict())
+    assert scaled.get_scale() == 1024.0
+    restore_scaler(torch.amp.GradScaler("cpu", enabled=False), enabled.state_dict())
