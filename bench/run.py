@@ -56,11 +56,22 @@ IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette"
 
 
 def sh(command: list[str], env: dict | None = None, timeout: float | None = None) -> str:
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                         timeout=timeout)
-    if out.returncode != 0:
-        raise SystemExit(f"failed ({out.returncode}): {' '.join(command)}\n{out.stderr[-3000:]}")
-    return out.stdout
+    """The command's stdout. Past `timeout` it is stopped with SIGTERM first: torchrun hands that on to its workers,
+    which run in sessions of their own and would outlive a SIGKILL of torchrun, holding their GPUs."""
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})}) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}\n{stderr[-3000:]}")
+    return stdout
 
 
 STARTED = time.monotonic()

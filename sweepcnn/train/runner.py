@@ -92,7 +92,11 @@ def _run(argv: list[str], options: dict[str, Option], prog: str, description: st
                                               share=False) or Replica()
             except BaseException as exc:
                 if main:  # the other ranks hold no rollback: they wrote nothing
-                    rollback.undo()
+                    try:
+                        rollback.undo()
+                    except OSError as failed:  # e.g. the full disk that stopped the start-up
+                        raise UserError(f"start-up failed ({exc}) and the run folder {start.run.path} could not be "
+                                        f"put back as it was ({failed.strerror}: {failed.filename})") from None
                 if isinstance(exc, OSError) and exc.errno in (*NO_SPACE, errno.EACCES, errno.EROFS, errno.EPERM):
                     raise UserError(f"cannot write the run folder {start.run.path}: {exc.strerror} "
                                     f"({exc.filename}); it is left as it was") from None
