@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sweepcnn.errors import UserError
+from sweepcnn.wandb_args import under_sweep
 
 LOG_MODEL = ("false", "best", "all")
 _HF_LOG_MODEL = {"end": "best", "true": "best", "checkpoint": "all", "false": "false", "": "false"}
@@ -30,8 +31,6 @@ _HF_LOG_MODEL = {"end": "best", "true": "best", "checkpoint": "all", "false": "f
 
 def log_model_choice(flag: str | None) -> str:
     """--wandb_log_model, else $WANDB_LOG_MODEL (HF's values, or ours), else false in a sweep trial and best."""
-    from sweepcnn.train.run_dir import under_sweep
-
     if flag:
         return flag
     env = os.environ.get("WANDB_LOG_MODEL")

@@ -22,6 +22,11 @@ def under_agent() -> bool:
     return bool(os.environ.get("WANDB_SWEEP_ID"))
 
 
+def under_sweep() -> bool:
+    """A sweep trial: launched by `wandb agent` (WANDB_SWEEP_ID) or by `python -m sweepcnn.sweep`."""
+    return under_agent() or os.environ.get("SWEEPCNN_SWEEP_TRIAL") == "1"
+
+
 def run_group(flag: str | None = None) -> str | None:
     """--wandb_group, else $WANDB_RUN_GROUP (the offline sweep runner sets sweep-<folder>), else sweep-<id> under
     `wandb agent`."""

@@ -18,7 +18,8 @@ import yaml
 from sweepcnn.config import Option, load_yaml_config, parse_value
 from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, check_writable, nearest_existing, write_json
-from sweepcnn.tracking import read_summary, under_agent
+from sweepcnn.tracking import read_summary
+from sweepcnn.wandb_args import under_sweep
 from sweepcnn.train.run_lock import check_free
 
 RUN_FOLDER_OPTIONS = {
@@ -51,11 +52,6 @@ def load_config_file(path: str, options: dict[str, Option]) -> dict[str, Any]:
         print(f"note: --config {path} is a run folder's config: its {', '.join(dropped)} (where and how that run "
               "ran) are not carried into this run", file=sys.stderr)
     return {k: v for k, v in config.items() if k not in OWN_KEYS}
-
-
-def under_sweep() -> bool:
-    """A sweep trial: launched by `wandb agent` (WANDB_SWEEP_ID) or by `python -m sweepcnn.sweep`."""
-    return under_agent() or os.environ.get("SWEEPCNN_SWEEP_TRIAL") == "1"
 
 
 def check_run_name(name: str, flag: str = "--run_name", out_dir: Path = Path(".")) -> None:

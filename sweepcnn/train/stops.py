@@ -17,7 +17,7 @@ from pathlib import Path
 from sweepcnn.runtime import Interrupted
 from sweepcnn.tracking import Tracker
 from sweepcnn.train.engine import saved_summary
-from sweepcnn.train.run_dir import under_sweep
+from sweepcnn.wandb_args import under_sweep
 
 _PREEMPT = getattr(signal, "SIGUSR1", None)
 
