@@ -244,13 +244,19 @@ class Tracker:
 
     def _rewind_point(self, run_id: str | None) -> str | None:
         """Online, for a run whose metrics.jsonl holds an epoch its last.pt does not (a hard kill between the two):
-        where wandb.init rewinds it to (see sweepcnn.wandb_args.rewind_point); None otherwise."""
-        from sweepcnn.train.engine import saved_summary
+        where wandb.init rewinds it to, the step after the W&B step last.pt recorded for its epoch (see
+        sweepcnn.wandb_args.rewind_point); None otherwise."""
+        from sweepcnn.train.checkpoint import load_checkpoint
+        from sweepcnn.train.engine import Progress
 
         if self.mode != "online" or not run_id or not self.history:
             return None
-        kept = saved_summary(self.run_dir).get("epochs_run", 0)
-        return rewind_point(run_id, kept) if max(row["epoch"] for row in self.history) > kept else None
+        last = self.run_dir / "last.pt"
+        kept = Progress(**load_checkpoint(last)["progress"]) if last.is_file() else Progress()
+        if max(row["epoch"] for row in self.history) <= kept.epoch:
+            return None
+        # a last.pt from before it recorded the step: one history row per epoch (_step = epoch - 1)
+        return rewind_point(run_id, kept.epoch if kept.wandb_step is None else kept.wandb_step + 1)
 
     @staticmethod
     def _start(wandb: Any, init: dict, rewind: str | None) -> Any:
@@ -292,7 +298,8 @@ class Tracker:
         tags = [str(t) for t in (part, identity.get("model"), identity.get("strategy")) if t]
         self.run.tags = tuple(dict.fromkeys([*self.run.tags, *tags]))
 
-    def log(self, metrics: dict, step: int) -> None:
+    def log(self, metrics: dict, step: int) -> int | None:
+        """Record an epoch's metrics; the W&B step of their history row (None without W&B)."""
         # A resumed run redoes epochs after its last checkpoint: drop their earlier records.
         if any(row["epoch"] >= step for row in self.history):
             self.history = [row for row in self.history if row["epoch"] < step]
@@ -302,13 +309,15 @@ class Tracker:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.run is None:
-            return
+            return None
         if self.replay:
             for row in earlier:
                 self._log_row(row)
             self.replay = False
+        logged_at = self.run.step
         self._log_row(metrics)
         self.run.summary.update(self.best())
+        return logged_at
 
     def _log_row(self, row: dict) -> None:
         for key in row.keys() - self.defined:

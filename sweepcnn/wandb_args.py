@@ -42,11 +42,10 @@ def run_name(default: str) -> str | None:
     return None if under_agent() or os.environ.get("WANDB_NAME") else default
 
 
-def rewind_point(run_id: str, epochs_kept: int) -> str:
-    """wandb.init's resume_from for a run resumed from its checkpoint of epoch `epochs_kept`: every epoch is one
-    history row (W&B's _step = epoch - 1), so the run's history is cut to its first `epochs_kept` rows and
-    logging goes on at _step `epochs_kept`, the epoch the resume trains next."""
-    return f"{run_id}?_step={epochs_kept}"
+def rewind_point(run_id: str, next_step: int) -> str:
+    """wandb.init's resume_from that cuts the run's history to its rows before _step `next_step` (the step after the
+    checkpoint's epoch, see Tracker) and goes on logging at `next_step`."""
+    return f"{run_id}?_step={next_step}"
 
 
 def quiet_settings() -> Any:

@@ -82,6 +82,7 @@ class Progress:
     train_loop_seconds: float = 0.0
     stopped_at: dict | None = None  # early stopping ended the run: {"patience": ..., "epochs": ...} then in force
     best_weights: str | None = None  # with --ema: which weights best.pt holds, "ema" or "raw"
+    wandb_step: int | None = None  # the W&B step of epoch `epoch`'s history row (None without W&B)
 
     def early_stopped(self, patience: int | None, epochs: int) -> bool:
         """Whether early stopping ended this run and neither --patience nor --epochs was raised since."""
@@ -295,12 +296,13 @@ def saved_summary(run_dir: Path) -> dict[str, Any]:
     return progress_summary(Progress(**load_checkpoint(path)["progress"])) if path.is_file() else {}
 
 
-def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], None],
+def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], int | None],
         normalization: tuple[list[float], list[float]], resume: bool = False, extra: dict | None = None,
         phases: list[Phase] | None = None, train_mode: Callable[[], None] | None = None,
         test: bool = False) -> dict[str, Any]:
     """Train with validation every epoch, keep the best checkpoint, and (`test`) evaluate it on the test
-    split. `log(metrics, epoch)` receives each epoch's metrics. Returns the run summary.
+    split. `log(metrics, epoch)` receives each epoch's metrics and returns their W&B step (None without W&B), kept
+    in last.pt. Returns the run summary.
 
     `phases` (default: one phase, all trainable parameters) split the epochs; each phase starts with a fresh
     optimiser and schedule. `train_mode()` runs after `model.train()` at the start of every training epoch."""
@@ -411,7 +413,7 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
         # One step for a stop signal: an epoch is logged only with the last.pt that holds it, so a resume never
         # trains and logs an epoch twice.
         with signals_deferred():
-            log(metrics, epoch)
+            progress.wandb_step = log(metrics, epoch)
             if distributed.is_main():  # rank 0 alone writes
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -26,10 +26,11 @@ def test_a_sigterm_between_an_epochs_log_and_its_checkpoint_leaves_no_duplicate_
     real_log, logged = Tracker.log, []
 
     def log_then_terminated(self, metrics, step):
-        real_log(self, metrics, step)
+        wandb_step = real_log(self, metrics, step)
         logged.append(step)
         if len(logged) == 1:  # the signal lands after epoch 1 is logged, before last.pt holds it
             os.kill(os.getpid(), signal.SIGTERM)
+        return wandb_step
 
     monkeypatch.setattr(Tracker, "log", log_then_terminated)
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -47,36 +48,54 @@ def test_a_sigterm_between_an_epochs_log_and_its_checkpoint_leaves_no_duplicate_
     history, _, _ = history_and_summary(tmp_path / "r", newest)
     assert [row["epoch"] for row in history if "val_acc" in row] == [1, 2]
     assert f"wandb sync {newest.parent}" in capsys.readouterr().err
+    # last.pt keeps the W&B step of its epoch's row: where an online resume after a hard kill rewinds to
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["progress"]
+    assert last["wandb_step"] == next(row["_step"] for row in history if row.get("epoch") == last["epoch"])
 
 
 class FakeRun:
-    def __init__(self, **kwargs):
+    """An online run whose history rows go to `server` (the server's history of run abc123)."""
+
+    def __init__(self, server: list, **kwargs):
         self.id, self.tags, self.settings, self.kwargs = "abc123", (), type("S", (), {"mode": "online"})(), kwargs
-        self.url = "https://wandb.example/r"
+        self.url, self.summary, self.server = "https://wandb.example/r", {}, server
+
+    @property
+    def step(self) -> int:
+        return len(self.server)
 
     def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, row: dict) -> None:
+        self.server.append(row)
+
+    def finish(self, exit_code: int = 0) -> None:
         pass
 
 
 @pytest.fixture
 def online(monkeypatch, tmp_path):
-    """wandb.init replaced by a recorder (online W&B cannot run here); returns the calls' keyword arguments."""
+    """wandb.init replaced by a recorder (online W&B cannot run here) that rewinds the server's history as W&B does;
+    returns the calls' keyword arguments and that history."""
     import wandb
 
-    calls = []
+    calls, server = [], []
 
     def init(**kwargs):
         calls.append(kwargs)
         if kwargs.get("resume_from") and getattr(init, "refuse", False):
             raise ValueError("rewind is not enabled for this entity")
-        return FakeRun(**kwargs)
+        if kwargs.get("resume_from"):
+            del server[int(kwargs["resume_from"].split("?_step=")[1]):]
+        return FakeRun(server, **kwargs)
 
     monkeypatch.setattr(wandb, "init", init)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_RUN_GROUP", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "wandb_id").write_text("abc123")
-    return init, calls
+    return init, calls, server
 
 
 def _killed_run(run_dir, logged: int, saved: int) -> None:
@@ -91,7 +110,7 @@ CFG = {"wandb_mode": "online", "wandb_project": None, "wandb_entity": None}
 
 
 def test_an_online_resume_after_a_hard_kill_rewinds_the_run_to_its_checkpoint(tmp_path, online):
-    _, calls = online
+    _, calls, _ = online
     _killed_run(tmp_path, logged=3, saved=2)
     Tracker(tmp_path, CFG, "r", resume=True)
     assert calls[-1]["resume_from"] == "abc123?_step=2" == rewind_point("abc123", 2)
@@ -104,8 +123,30 @@ def test_an_online_resume_after_a_hard_kill_rewinds_the_run_to_its_checkpoint(tm
     assert calls[-1]["resume"] == "allow" and "resume_from" not in calls[-1] and calls[-1]["id"] == "abc123"
 
 
+def test_a_rewind_after_a_tested_run_was_resumed_with_more_epochs_keeps_every_epoch_once(tmp_path, online):
+    _, calls, server = online
+
+    def train(tracker: Tracker, epoch: int, saved: bool = True) -> None:
+        """An epoch logged, then saved in last.pt with its W&B step as fit saves it."""
+        step = tracker.log({"epoch": epoch, "val_acc": 0.1 * epoch, "val_loss": 1.0}, epoch)
+        if saved:
+            torch.save({"progress": asdict(Progress(epoch=epoch, wandb_step=step))}, tmp_path / "last.pt")
+
+    first = Tracker(tmp_path, CFG, "r", resume=False)  # --epochs=2 --test
+    for epoch in (1, 2):
+        train(first, epoch)
+    first.run.log({"report/test_acc": 0.5})  # the report row --test logs after the last epoch: _step 2
+    first.finish(0)
+    resumed = Tracker(tmp_path, CFG, "r", resume=True)  # --resume --epochs=4
+    train(resumed, 3)
+    train(resumed, 4, saved=False)  # a hard kill before last.pt holds epoch 4
+    train(Tracker(tmp_path, CFG, "r", resume=True), 4)
+    assert calls[-1]["resume_from"] == "abc123?_step=4"  # before: _step=3, which cut epoch 3 out of the history
+    assert [row.get("epoch") for row in server] == [1, 2, None, 3, 4]
+
+
 def test_a_server_that_refuses_the_rewind_continues_the_run_and_says_so(tmp_path, online, capsys):
-    init, calls = online
+    init, calls, _ = online
     init.refuse = True
     _killed_run(tmp_path, logged=3, saved=1)
     tracker = Tracker(tmp_path, CFG, "r", resume=True)
