@@ -73,6 +73,15 @@ def sweep_group_of(source: str | Path) -> str:
     return f"sweep-{Path(str(source).rstrip('/')).name}"
 
 
+def saved_group(run_dir: Path) -> str | None:
+    """The W&B group a run folder's run started in (its wandb_group file); None for a run without one, or a run
+    folder from before the group was saved."""
+    try:
+        return (Path(run_dir) / "wandb_group").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def wandb_config(cfg: dict) -> dict:
     """The run config W&B records: everything but the runtime keys."""
     return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
@@ -237,6 +246,8 @@ class Tracker:
         try:
             self.run.define_metric("epoch")
             atomic_write(id_file, self.run.id)
+            if init["group"]:  # a sweep trial's group comes from its environment: the report's side run needs it
+                atomic_write(run_dir / "wandb_group", init["group"])
             print(describe_wandb_run(self.run), file=sys.stderr)
         except BaseException:  # e.g. a full disk: the caller undoes the run folder, so end the W&B run first
             self.run.finish(exit_code=1)

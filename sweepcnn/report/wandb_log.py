@@ -7,21 +7,22 @@ from typing import Any
 
 from sweepcnn.report.panels import Report
 from sweepcnn.report.predictions import grid_indices, highest_loss, hwc
-from sweepcnn.tracking import active_wandb_run, describe_wandb_run, start_side_run
+from sweepcnn.tracking import active_wandb_run, describe_wandb_run, saved_group, start_side_run
 from sweepcnn.wandb_args import run_group
 
 
 def log_to_wandb(report: Report, run_dir: Path, cfg: dict, run: Any = None, new_run: bool = False,
                  max_rows: int | None = None) -> None:
     """Log into `run`, else into the active W&B run, else (new_run) into a new run that is finished afterwards: job
-    type `report`, in the training run's group (its --wandb_group, else $WANDB_RUN_GROUP, else the sweep's under
-    `wandb agent`; a run without one: the run folder's name), in the run's wandb/ folder; mode from $WANDB_MODE,
-    else online with an API key, else offline."""
+    type `report`, in the training run's group (the one saved in its run folder; a run folder from before it was
+    saved: its --wandb_group, else $WANDB_RUN_GROUP, else the sweep's under `wandb agent`; a run without one: the run
+    folder's name), in the run's wandb/ folder; mode from $WANDB_MODE, else online with an API key, else offline."""
     run = run or active_wandb_run()
     own = run is None and new_run
     if own:
         run = start_side_run("report", run_dir, cfg, project=cfg.get("wandb_project"), entity=cfg.get("wandb_entity"),
-                             name=f"{run_dir.name}-report", group=run_group(cfg.get("wandb_group")) or run_dir.name)
+                             name=f"{run_dir.name}-report",
+                             group=saved_group(run_dir) or run_group(cfg.get("wandb_group")) or run_dir.name)
     if run is not None:
         log_report(run, report, max_rows)
     if own:

@@ -20,7 +20,7 @@ from sweepcnn.io import LockHeld, atomic_write, check_writable, file_lock_if_fre
 
 LOCK = "run.lock"
 # What a start-up writes into an existing run folder before training: restored as they were by Rollback.undo.
-START_FILES = ("config.yaml", "split.json", "run.json", "wandb_id")
+START_FILES = ("config.yaml", "split.json", "run.json", "wandb_id", "wandb_group")
 
 
 def _in_use(path: Path, holder: str) -> UserError:

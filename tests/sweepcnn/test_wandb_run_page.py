@@ -78,15 +78,13 @@ def test_a_bad_wandb_log_model_is_one_error_line_before_anything_is_written(tmp_
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("cfg, env, group", [({"wandb_group": "sweep-x"}, {}, "sweep-x"),
-                                             ({}, {"WANDB_RUN_GROUP": "g2"}, "g2"), ({}, {}, "r")])
-def test_a_report_run_shares_its_training_runs_group(tmp_path, monkeypatch, cfg, env, group):
+@pytest.fixture
+def side_run(monkeypatch) -> dict:
+    """The report's side run faked: returns the keyword arguments it is started with."""
     from sweepcnn.report import wandb_log
 
     for name in ("WANDB_RUN_GROUP", "WANDB_SWEEP_ID"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     started = {}
 
     class Run:
@@ -97,5 +95,29 @@ def test_a_report_run_shares_its_training_runs_group(tmp_path, monkeypatch, cfg,
 
     monkeypatch.setattr(wandb_log, "start_side_run", lambda *args, **kwargs: started.update(kwargs) or Run())
     monkeypatch.setattr(wandb_log, "log_report", lambda *args: None)
+    return started
+
+
+@pytest.mark.parametrize("cfg, env, group", [({"wandb_group": "sweep-x"}, {}, "sweep-x"),
+                                             ({}, {"WANDB_RUN_GROUP": "g2"}, "g2"), ({}, {}, "r")])
+def test_a_report_run_shares_its_training_runs_group(tmp_path, monkeypatch, side_run, cfg, env, group):
+    from sweepcnn.report import wandb_log
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     wandb_log.log_to_wandb(None, tmp_path / "r", cfg, new_run=True)
-    assert started["group"] == group  # the training run's group; a run without one: its folder's name
+    assert side_run["group"] == group  # the training run's group; a run without one: its folder's name
+
+
+def test_a_sweep_trials_report_run_reported_later_joins_the_sweeps_group(tmp_path, monkeypatch, side_run):
+    from sweepcnn.report import wandb_log
+    from sweepcnn.tracking import Tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-s")  # as `python -m sweepcnn.sweep` starts its trials
+    trial = tmp_path / "trial-1"
+    trial.mkdir()
+    Tracker(trial, {"wandb_mode": None, "wandb_project": None, "wandb_entity": None}, trial.name, False).finish()
+    monkeypatch.delenv("WANDB_RUN_GROUP")  # later, by hand: python -m sweepcnn.report TRIAL_DIR --wandb
+    wandb_log.log_to_wandb(None, trial, {}, new_run=True)
+    assert side_run["group"] == "sweep-s"  # before: trial-1, the folder's name
