@@ -43,12 +43,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from sweepcnn.data.augment import AUGMENT_OPTIONS, Augment
-from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data, make_loader
+from sweepcnn.data.augment import Augment
+from sweepcnn.options import AUGMENT_OPTIONS, DATA_OPTIONS
+from sweepcnn.data.datasets import channel_stats, load_data, make_loader
 from sweepcnn.runtime import autocast, resolve_amp, tune_allocator
 from sweepcnn.train.engine import Batches, train_one_epoch
 from part_a.counting import count_cnn
-from part_a.model import MODEL_OPTIONS, build_cnn
+from part_a.model import build_cnn
+from part_a.cnn_config import MODEL_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

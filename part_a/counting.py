@@ -40,7 +40,7 @@ from typing import Any
 
 from sweepcnn.config import parse_args, run_cli
 from sweepcnn.errors import UserError
-from part_a.model import MODEL_OPTIONS, resolve_cnn_config
+from part_a.cnn_config import MODEL_OPTIONS, resolve_cnn_config
 
 
 def count_cnn(config: dict[str, Any]) -> dict[str, Any]:

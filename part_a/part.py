@@ -1,17 +1,30 @@
-"""How Part A plugs into the shared code: the ModelSpec of a CNN config, built for training (part_a/train.py) and
-rebuilt for a finished run (`rebuild`, which run.json names for sweepcnn.report)."""
+"""How Part A plugs into the shared code: the checks of a CNN config (`prepare`), its ModelSpec built for training
+(part_a/train.py) and rebuilt for a finished run (`rebuild`, which run.json names for sweepcnn.report)."""
 from __future__ import annotations
 
+from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import Data
+from sweepcnn.errors import UserError
 from sweepcnn.report.interpret import Layers
 from sweepcnn.train.spec import ModelSpec
+from part_a.cnn_config import MODEL_OPTIONS, resolve_cnn_config
 from part_a.counting import count_cnn
-from part_a.model import CNN, MODEL_OPTIONS, build_cnn, first_conv, last_conv
+from part_a.model import CNN, build_cnn, first_conv, last_conv
 
 
 def model_config(cfg: dict) -> dict:
     """The model keys of a run's config (keys an older config lacks take their defaults)."""
     return {key: cfg[key] for key in MODEL_OPTIONS if key in cfg}
+
+
+def prepare(cfg: dict) -> tuple[int, int]:
+    """Validate the model keys before any data is read; (input size, channels)."""
+    try:
+        resolve_cnn_config(model_config(cfg))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_batch_size(cfg["batch_size"], cfg["batch_norm"], "--batch_norm false")
+    return cfg["input_size"], cfg["in_channels"]
 
 
 def identity(model: CNN) -> dict:

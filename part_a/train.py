@@ -6,37 +6,26 @@
     python part_a/train.py --config best.yaml --test         # a YAML config, flags override it
     python part_a/train.py --help                            # every flag
 """
-from sweepcnn.config import grouped, run_cli
-from sweepcnn.data.augment import AUGMENT_OPTIONS
-from sweepcnn.data.batches import check_batch_size
-from sweepcnn.data.datasets import DATA_OPTIONS
-from sweepcnn.train.engine import ENGINE_OPTIONS
-from sweepcnn.train.optim import OPTIM_OPTIONS
-from sweepcnn.errors import UserError
-from sweepcnn.report.run_report import REPORT_OPTIONS, report_tested_run
-from sweepcnn.train.runner import RUN_OPTIONS, run_training
-from sweepcnn.tracking import TRACKING_OPTIONS
-from part_a.model import MODEL_OPTIONS, resolve_cnn_config
-from part_a.part import build, model_config
+from sweepcnn.config import exit_on_help, grouped, run_cli
+from sweepcnn.options import (AUGMENT_OPTIONS, DATA_OPTIONS, ENGINE_OPTIONS, OPTIM_OPTIONS, REPORT_OPTIONS, RUN_OPTIONS,
+                              TRACKING_OPTIONS)
+from part_a.cnn_config import MODEL_OPTIONS
 
 OPTIONS = {**DATA_OPTIONS, **AUGMENT_OPTIONS, **grouped("model", MODEL_OPTIONS), **OPTIM_OPTIONS, **ENGINE_OPTIONS,
            **TRACKING_OPTIONS, **RUN_OPTIONS, **REPORT_OPTIONS}
-
-
-def prepare(cfg: dict) -> tuple[int, int]:
-    """Validate the model keys before any data is read; (input size, channels)."""
-    try:
-        resolve_cnn_config(model_config(cfg))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    check_batch_size(cfg["batch_size"], cfg["batch_norm"], "--batch_norm false")
-    return cfg["input_size"], cfg["in_channels"]
+PROG, DESCRIPTION = "python part_a/train.py", __doc__.strip().splitlines()[0]
 
 
 def main(argv: list[str]) -> int:
     """python part_a/train.py [flags]."""
-    return run_training(argv, OPTIONS, prog="python part_a/train.py", description=__doc__.strip().splitlines()[0],
-                        prepare=prepare, build=build, after_test=report_tested_run)
+    exit_on_help(argv, OPTIONS, PROG, DESCRIPTION)
+    # torch and the training stack load after --help, which stays fast
+    from part_a.part import build, prepare
+    from sweepcnn.report.run_report import report_tested_run
+    from sweepcnn.train.runner import run_training
+
+    return run_training(argv, OPTIONS, prog=PROG, description=DESCRIPTION, prepare=prepare, build=build,
+                        after_test=report_tested_run)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from torch import nn
 
 from sweepcnn.errors import UserError
 
-STRATEGIES = ("first_k", "all_except_k", "all_except_last", "none")
-
 
 @dataclass(frozen=True)
 class Block:

@@ -176,6 +176,13 @@ def format_help(prog: str, description: str, options: dict[str, Option]) -> str:
     return "\n".join(lines)
 
 
+def exit_on_help(argv: Iterable[str], options: dict[str, Option], prog: str, description: str) -> None:
+    """With `-h` or `--help` anywhere in argv, print the generated help and exit 0."""
+    if {"-h", "--help"} & set(argv):
+        print(format_help(prog, description, options))
+        sys.exit(0)
+
+
 def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", description: str = "",
                load_file: Callable[[str, dict[str, Option]], dict[str, Any]] = load_yaml_config
                ) -> tuple[dict[str, Any], set[str]]:
@@ -184,15 +191,13 @@ def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", 
     (`--test`) means true. Arguments starting with `--_` (W&B agent internals) are ignored. `-h`/`--help` prints the
     generated help and exits 0."""
     args = list(argv)
+    exit_on_help(args, options, prog, description)
     flags: dict[str, Any] = {}
     config_files: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
         i += 1
-        if arg in ("-h", "--help"):
-            print(format_help(prog, description, options))
-            sys.exit(0)
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}: flags look like --key=value")
         name, has_value, value = arg[2:].partition("=")

@@ -20,14 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sweepcnn.config import Option
 from sweepcnn.errors import UserError
 from sweepcnn.runtime import collective_signals, pending_signal, raise_stop
 
-DISTRIBUTED_OPTIONS = {
-    "sync_bn": Option(True, "under torchrun with several processes: synchronise BatchNorm statistics across them "
-                            "(SyncBatchNorm), so that 2 processes x 32 images train as 1 x 64", "bool"),
-}
 T = TypeVar("T")
 
 

@@ -37,7 +37,8 @@ from sweepcnn.io import atomic_write, check_writable
 from sweepcnn.runtime import resolve_device
 from sweepcnn.train.checkpoint import load_checkpoint
 from sweepcnn.train.record import RECORD, load_rebuild, read_record
-from sweepcnn.train.tta import TTA_MODES, tta_logits, tta_mode
+from sweepcnn.train.tta import tta_logits, tta_mode
+from sweepcnn.options import TTA_MODES
 
 Input = tuple[int, int]  # (input size, channels): how an image is decoded for a model
 

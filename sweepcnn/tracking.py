@@ -18,32 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweepcnn.artifacts import LOG_MODEL, log_model, log_model_choice, use_dataset
-from sweepcnn.config import Option, grouped, parse_value, read_yaml_mapping
+from sweepcnn.artifacts import log_model, log_model_choice, use_dataset
+from sweepcnn.config import Option, parse_value, read_yaml_mapping
 from sweepcnn.errors import UserError
 from sweepcnn.io import atomic_write, write_json
-from sweepcnn.wandb_args import WATCH, quiet_settings, rewind_point, run_group, under_agent
+from sweepcnn.wandb_args import quiet_settings, rewind_point, run_group, under_agent
 from sweepcnn.wandb_args import run_name as wandb_run_name
-from sweepcnn.wandb_auth import MODES, chosen_mode, credentials_source, resolve_mode
+from sweepcnn.wandb_auth import chosen_mode, credentials_source, resolve_mode
 
-TRACKING_OPTIONS = grouped("tracking (W&B)", {
-    "wandb_mode": Option(None, "W&B mode (default: $WANDB_MODE, else W&B's settings files, else online if W&B "
-                               "credentials are configured, else offline)", choices=MODES, nullable=True),
-    "wandb_project": Option(None, "W&B project (default: $WANDB_PROJECT, else sweepcnn; under `wandb agent`, the "
-                                  "sweep's)", nullable=True),
-    "wandb_entity": Option(None, "W&B entity, a user or team (default: $WANDB_ENTITY)", nullable=True),
-    "wandb_log_model": Option(None, "model artifacts logged when the run ends (finished or stopped): false, best "
-                                    "(best.pt, aliases best and latest) or all (also last.pt, alias last); default: "
-                                    "$WANDB_LOG_MODEL as HF reads it (end: best, checkpoint: all, false), else false "
-                                    "in a sweep trial and best otherwise", choices=LOG_MODEL, nullable=True),
-    "wandb_tags": Option(None, "W&B run tags, comma-separated (default: $WANDB_TAGS); the part, model and strategy "
-                               "are added", "strs", nullable=True),
-    "wandb_notes": Option(None, "W&B run notes (default: $WANDB_NOTES)", nullable=True),
-    "wandb_group": Option(None, "W&B run group (default: $WANDB_RUN_GROUP, else sweep-<id> under `wandb agent`)",
-                          nullable=True),
-    "wandb_watch": Option("false", "wandb.watch the model: log gradients, parameters or all (histograms, every 100 "
-                                   "batches)", choices=WATCH),
-})
 DEFAULT_PROJECT = "sweepcnn"
 # How to run, not what to train: kept out of the W&B config, so they never show up in parameter importance.
 RUNTIME_KEYS = frozenset({"out_dir", "run_name", "resume", "test", "report", "deterministic", "device",

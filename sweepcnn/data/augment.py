@@ -14,21 +14,10 @@ from typing import Callable
 
 import torch
 
-from sweepcnn.config import Option, grouped
 from sweepcnn.data import warp
 from sweepcnn.data.color import Canvas, ColourStep, RowStep, to_device
-from sweepcnn.data.device_data import DEVICE_DATA_OPTIONS
 from sweepcnn.data.policies import Policy
 from sweepcnn.data.shards import Shard
-
-AUGMENTATIONS = ("hflip", "vflip", "rotate", "random_resized_crop", "color_jitter", "gaussian_blur", "sharpness",
-                 "autoaugment", "randaugment", "trivialaugment")
-
-AUGMENT_OPTIONS = {**grouped("augmentation", {
-    "augmentation": Option(False, "random augmentation of training images", "bool"),
-    "augmentations": Option(["hflip", "rotate", "random_resized_crop", "color_jitter"],
-                            "augmentations used when --augmentation=true", "strs", choices=AUGMENTATIONS),
-}), **DEVICE_DATA_OPTIONS}
 
 Stage = Callable[[int, int, int, torch.Generator], tuple[torch.Tensor | None, list]]
 

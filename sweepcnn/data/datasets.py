@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
-from sweepcnn.config import Option, grouped
+from sweepcnn.options import DATA_HELP, DATA_OPTIONS
 from sweepcnn.errors import UserError
 from sweepcnn.io import check_writable
 from sweepcnn.paths import default_cache_dir
@@ -23,25 +23,6 @@ from sweepcnn.data.batches import NoBatchOfOne, note_dropped_batch
 from sweepcnn.data.cache import build_image_cache
 from sweepcnn.data.folders import check_same_classes, class_files, relative
 from sweepcnn.data.splits import stratified_split
-
-DATA_HELP = ("'digits' (built in, offline), 'inaturalist' (download), a folder with train/ and val/ (val is the "
-             "test set), a folder with train/, val/ and test/, or a folder of class folders")
-
-DATA_OPTIONS = grouped("data", {
-    "data": Option("digits", "dataset: " + DATA_HELP),
-    "val_fraction": Option(0.2, "share of train/ held out for validation (stratified) in a train/ + val/ layout; "
-                                "digits and a folder of class folders are split 80/10/10", "float", min=0.05, max=0.5),
-    "split_seed": Option(0, "seed of the train/validation(/test) split, fixed across runs and sweep trials", "int",
-                         min=0),
-    "max_images_per_class": Option(None, "use at most this many images per class and split folder (also of "
-                                         "digits; quick runs)", "int", min=1, nullable=True),
-    "balanced_sampler": Option(False, "sample training images with inverse class frequency", "bool"),
-    "strict": Option(False, "fail on unreadable image files instead of skipping and reporting them (digits has "
-                            "no files: nothing to skip)", "bool"),
-    "cache_dir": Option(None, "decoded-image cache folder (default: $SWEEPCNN_CACHE or ~/.cache/sweepcnn)",
-                        nullable=True),
-    "num_workers": Option(0, "data-loader worker processes", "int", min=0),
-})
 
 
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,14 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sweepcnn.config import Option, grouped
 from sweepcnn.data.datasets import ImageSet, make_loader
 from sweepcnn.data.shards import ShardSampler, TrainShards
 
-DEVICE_DATA_OPTIONS = grouped("data", {
-    "data_on_device": Option(0.33, "on CUDA: keep a split's uint8 pixels in GPU memory when they take at most this "
-                                   "share of the free GPU memory (0: never)", "float", min=0, max=1),
-})
 CHUNK_BYTES = 256 * 2**20  # host memory used at a time while copying a split to the GPU
 
 

@@ -23,8 +23,9 @@ from sweepcnn.io import atomic_write
 from sweepcnn.report.figures import figure, save_figure
 from sweepcnn.train.record import default_label, read_record
 from sweepcnn.report.tables import markdown_table, write_csv
-from sweepcnn.tracking import (MODES, active_wandb_run, describe_wandb_run, read_history, read_summary, resolve_mode,
+from sweepcnn.tracking import (active_wandb_run, describe_wandb_run, read_history, read_summary, resolve_mode,
                                start_side_run)
+from sweepcnn.wandb_auth import MODES
 
 TABLES = ("strategies", "models")  # <name>.csv and <name>.md
 PLOT = "trainable_params.png"

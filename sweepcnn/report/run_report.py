@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from sweepcnn.config import Option, grouped, run_cli
+from sweepcnn.config import run_cli
 from sweepcnn.data.datasets import Data
 from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.io import check_writable
@@ -63,12 +63,6 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     log_to_wandb(report, run_dir, cfg, wandb_run, new_run=new_wandb_run, max_rows=table_rows)
     return page
 
-
-REPORT_OPTIONS = grouped("run", {
-    "report": Option(True, "with --test: write report/ (figures, tables, report.html) and log it to W&B", "bool"),
-    "report_table_rows": Option(None, "with --report: at most this many test images in the W&B table of every test "
-                                      "prediction (default: all)", "int", min=1, nullable=True),
-})
 
 
 def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization: Normalization, cfg: dict,

@@ -11,19 +11,8 @@ import copy
 import torch
 from torch import nn
 
-from sweepcnn.config import Option, grouped
 
 WARMUP_POWER = 3 / 4  # timm's advice for runs of fewer than ~100k steps (2/3 for 1M+)
-
-EMA_OPTIONS = grouped("mixup, CutMix, EMA and test-time augmentation", {
-    "ema": Option(False, "keep an exponential moving average of the weights, validated every epoch beside them; the "
-                         "better of the two is the epoch's val_acc and goes into best.pt (summary: best_weights)",
-                  "bool"),
-    "ema_decay": Option(0.999, "EMA decay per optimiser step (with --ema_warmup: its ceiling)", "float", min=0,
-                        max=0.999999),
-    "ema_warmup": Option(True, "warm the EMA decay up as timm's ModelEmaV3: update t uses "
-                               "min(ema_decay, 1 - t^-3/4)", "bool"),
-})
 
 
 class WeightAverage:

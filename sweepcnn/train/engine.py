@@ -19,7 +19,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sweepcnn import distributed
-from sweepcnn.config import Option, grouped
 from sweepcnn.data.augment import Augment, augmenter
 from sweepcnn.data.datasets import Data
 from sweepcnn.data.device_data import device_loader
@@ -28,39 +27,16 @@ from sweepcnn.errors import UserError
 from sweepcnn.runtime import (amp_name, autocast, resolve_amp, resolve_device, rng_state, seed_everything,
                               set_rng_state, signals_deferred)
 from sweepcnn.train.checkpoint import load_checkpoint, save_atomic
-from sweepcnn.train.ema import EMA_OPTIONS, WeightAverage, weight_average
-from sweepcnn.train.mixing import MIX_OPTIONS, Mixer, mixer
+from sweepcnn.train.ema import WeightAverage, weight_average
+from sweepcnn.train.mixing import Mixer, mixer
 from sweepcnn.train.optim import (build_optimizer, build_scheduler, restore_optimizer, restore_scaler,
                                   restore_scheduler)
 from sweepcnn.train.totals import CHECK_EVERY, Sums, Totals
-from sweepcnn.train.tta import TTA_OPTIONS, tta_logits, tta_mode
+from sweepcnn.train.tta import tta_logits, tta_mode
 
 AUGMENT_SEED = 2**40  # offsets the augmentation generator's seed from the shuffling one's
 MIX_SEED = 2**41  # and the mixup/CutMix generator's
 RANK_SEED = 2**42  # offsets each rank's global RNG seed (several ranks)
-METRIC = "val_acc"  # what sweeps optimise; logged every epoch and put in the summary (best epoch's value)
-
-ENGINE_OPTIONS = grouped("training", {
-    "epochs": Option(10, "training epochs", "int", min=0),
-    "batch_size": Option(64, "training batch size (evaluation uses twice this)", "int", min=1),
-    "label_smoothing": Option(0.0, "label smoothing of the training loss", "float", min=0, max=0.5),
-    "class_weights": Option("none", "cross-entropy class weights: none, or auto (inverse frequency)",
-                            choices=("none", "auto")),
-    "grad_clip": Option(None, "clip the gradient norm to this value", "float", min=1e-6, nullable=True),
-    "patience": Option(None, "early stopping: epochs without improvement before stopping", "int", min=1,
-                       nullable=True),
-    "min_delta": Option(0.0, "early stopping: smallest change that counts as improvement", "float", min=0),
-    "monitor": Option(METRIC, "metric that selects the best checkpoint and drives early stopping",
-                      choices=("val_acc", "val_loss")),
-    "amp": Option("auto", "mixed precision: auto (bf16 where native: CUDA compute capability 8.0+, CPUs with "
-                          "AMX/AVX512-BF16; fp16 with loss scaling on older GPUs such as the T4; else off), bf16, "
-                          "fp16 or off", choices=("auto", "bf16", "fp16", "off")),
-    "channels_last": Option(True, "channels-last memory format (faster convolutions)", "bool"),
-    "compile": Option(False, "torch.compile the model (pays off on CUDA; slower for this CNN on CPU, see "
-                             "docs/performance.md)", "bool"),
-    "seed": Option(0, "random seed (initialisation, shuffling, augmentation, dropout)", "int", min=0),
-    "device": Option("auto", "auto, cpu, cuda, cuda:N or mps"),
-}) | MIX_OPTIONS | EMA_OPTIONS | TTA_OPTIONS
 
 
 def gain(monitor: str, value: float, reference: float) -> float:

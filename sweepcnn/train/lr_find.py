@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sweepcnn.config import Option, grouped
 from sweepcnn.data.augment import augmenter
 from sweepcnn.data.datasets import Data, make_loader
 from sweepcnn.errors import UserError
@@ -25,14 +24,6 @@ from sweepcnn.tracking import active_wandb_run
 from sweepcnn.train.engine import Phase, default_phases, place_model
 from sweepcnn.train.optim import build_optimizer
 
-LR_FIND_OPTIONS = grouped("LR range test", {
-    "lr_find": Option(False, "run an LR range test instead of training: writes lr_find.png (loss against learning "
-                             "rate) and lr_find.csv, and suggests --learning_rate", "bool"),
-    "lr_find_min": Option(1e-7, "LR range test: first learning rate", "float", min=1e-12, max=10),
-    "lr_find_max": Option(10.0, "LR range test: last learning rate", "float", min=1e-12, max=100),
-    "lr_find_steps": Option(100, "LR range test: batches (the training split is cycled if it is shorter)", "int",
-                            min=10),
-})
 SMOOTHING = 0.98  # of the exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of the best one
 

@@ -10,18 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sweepcnn.config import Option, grouped
-
-MIX_OPTIONS = grouped("mixup, CutMix, EMA and test-time augmentation", {
-    "mixup": Option(0.0, "mixup alpha: blend each training image with another, in a Beta(alpha, alpha) ratio, and "
-                         "their targets alike (0: off; timm's recipes use 0.1-0.8)", "float", min=0, max=10),
-    "cutmix": Option(0.0, "CutMix alpha: paste a box of another training image, of a Beta(alpha, alpha) share of "
-                          "the area, and mix the targets by that share (0: off; timm's recipes use 1.0)", "float",
-                     min=0, max=10),
-    "mix_prob": Option(1.0, "share of the training batches that --mixup/--cutmix mix", "float", min=0, max=1),
-    "mix_switch_prob": Option(0.5, "with both --mixup and --cutmix on: share of the mixed batches that use CutMix",
-                              "float", min=0, max=1),
-})
 
 
 def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int, float]:

@@ -18,28 +18,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from sweepcnn.config import Option, grouped
 from sweepcnn.errors import UserError
 from sweepcnn.train.schedules import Cosine, Replanned, WarmUp, planned_steps, replan
-
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
-
-OPTIM_OPTIONS = grouped("optimiser and schedule", {
-    "learning_rate": Option(1e-3, "peak learning rate", "float", min=1e-12, max=10),
-    "optimizer": Option("adam", "optimiser", choices=OPTIMIZERS),
-    "momentum": Option(0.9, "momentum for sgd and rmsprop", "float", min=0, max=0.999),
-    "nesterov": Option(False, "Nesterov momentum (sgd)", "bool"),
-    "weight_decay": Option(0.0, "weight decay (decoupled for adamw)", "float", min=0, max=1),
-    "scheduler": Option("cosine", "learning-rate schedule; with more --epochs on --resume, cosine and onecycle are "
-                                  "re-planned to the new end (a warm restart at 1/10 of the peak if they had ended), "
-                                  "the others continue", choices=SCHEDULERS),
-    "warmup_epochs": Option(0.0, "linear warm-up over this many epochs (onecycle: its rise when > 0) in front of "
-                                 "every schedule but plateau, which ignores it", "float", min=0),
-    "step_size": Option(5, "epochs between decays (step)", "int", min=1),
-    "gamma": Option(0.1, "decay factor (step, exponential per epoch, plateau)", "float", min=1e-6, max=1),
-    "plateau_patience": Option(2, "epochs without improvement before plateau decays the LR", "int", min=0),
-})
 
 
 def build_optimizer(params: Iterable, cfg: dict, fused: bool = False) -> torch.optim.Optimizer:

@@ -22,13 +22,6 @@ from sweepcnn.tracking import read_summary
 from sweepcnn.wandb_args import under_sweep
 from sweepcnn.train.run_lock import check_free
 
-RUN_FOLDER_OPTIONS = {
-    "out_dir": Option("runs", "folder that holds one sub-folder per run"),
-    "run_name": Option(None, "run folder name, a plain name (default: date-time plus a random suffix, or the W&B run "
-                             "id under a sweep agent; an existing one is resumed then)", nullable=True),
-    "resume": Option(False, "continue <out_dir>/<run_name> from its last completed epoch; only --epochs, --patience "
-                            "and how to run (device, workers, W&B, ...) may change", "bool"),
-}
 # Flags that describe how to run, not what to train: they may differ when a run is resumed.
 RUNTIME_KEYS = {"out_dir", "run_name", "resume", "test", "report", "epochs", "patience", "num_workers", "device",
                 "compile", "deterministic", "cache_dir", "wandb_mode", "wandb_project", "wandb_entity",

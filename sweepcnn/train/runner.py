@@ -16,27 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from sweepcnn import distributed
-from sweepcnn.config import Option, grouped
+from sweepcnn.config import Option
 from sweepcnn.data.datasets import Data, channel_stats
 from sweepcnn.errors import UserError
-from sweepcnn.distributed import DISTRIBUTED_OPTIONS
 from sweepcnn.runtime import Interrupted, install_signal_handlers, resolve_device
 from sweepcnn.tracking import Replica, Tracker
 from sweepcnn.train.checkpoint import NO_SPACE
 from sweepcnn.train.engine import amp_dtype, fit
 from sweepcnn.train.record import write_record
-from sweepcnn.train.run_dir import RUN_FOLDER_OPTIONS, write_run_files
+from sweepcnn.train.run_dir import write_run_files
 from sweepcnn.train.run_lock import hold_run_folder
 from sweepcnn.train.spec import ModelSpec
-from sweepcnn.train.startup import PROCESS_OPTIONS, Start, follow_start, plan_start, resolve_config
+from sweepcnn.train.startup import Start, follow_start, plan_start, resolve_config
 from sweepcnn.train.stops import end_before_start, end_stopped_run, stop_code
 
-RUN_OPTIONS = grouped("run", {
-    **RUN_FOLDER_OPTIONS,
-    "test": Option(False, "after training, evaluate the best checkpoint on the test split", "bool"),
-    **PROCESS_OPTIONS,
-    **DISTRIBUTED_OPTIONS,
-})
 # A part's step after --test (e.g. its report): (run_dir, spec whose model holds the best checkpoint, data,
 # normalization, cfg, W&B run)
 AfterTest = Callable[[Path, ModelSpec, Data, Any, dict, Any], None]

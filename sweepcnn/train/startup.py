@@ -22,10 +22,6 @@ from sweepcnn.train.run_dir import RunFolder, load_config_file, open_run
 from sweepcnn.train.spec import ModelSpec
 
 
-PROCESS_OPTIONS = {
-    "deterministic": Option(False, "deterministic algorithms (bit-identical resume on CPU)", "bool"),
-}
-
 
 def flag_given(argv: list[str], name: str) -> bool:
     """Whether `--name` is on the command line itself (not only in a --config file)."""

@@ -7,16 +7,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from sweepcnn.config import Option, grouped
 
-TTA_MODES = ("none", "flip", "flip_crops")
 CROP = 7 / 8  # flip_crops' central crop: the side share torchvision's eval transforms crop (224 of 256)
-
-TTA_OPTIONS = grouped("mixup, CutMix, EMA and test-time augmentation", {
-    "tta": Option("none", "test-time augmentation of validation, --test, the report and part_b/predict.py: none; "
-                          "flip (mean logits of each image and its horizontal flip); flip_crops (also of its "
-                          "central 7/8 zoomed back to full size, and that crop's flip)", choices=TTA_MODES),
-})
 
 
 def views(images: torch.Tensor, mode: str) -> Iterator[torch.Tensor]:

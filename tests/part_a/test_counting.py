@@ -13,7 +13,8 @@ from sweepcnn.errors import UserError
 from tests.helpers import ROOT
 from part_a.counting import count_cnn
 from part_a.counting import main as counting_main
-from part_a.model import ACTIVATIONS, build_cnn
+from part_a.model import build_cnn
+from part_a.cnn_config import ACTIVATIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 

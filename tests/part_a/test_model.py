@@ -1,11 +1,14 @@
 """The Part A CNN (part_a/model.py): config validation, structure, shapes and a training step."""
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
-from part_a.model import ACTIVATIONS, MODEL_OPTIONS, build_cnn, first_conv, last_conv, resolve_cnn_config
+from part_a.cnn_config import ACTIVATIONS, MODEL_OPTIONS, resolve_cnn_config
+from part_a.model import build_cnn, first_conv, last_conv
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
@@ -142,3 +145,11 @@ def test_channels_last_bf16_autocast_on_cpu():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.shape == (2, 10) and out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_the_cnn_pickles_as_a_module_level_class():
+    """DataParallel-style tools, torch.save of a whole model and spawn-based workers pickle the module."""
+    model = build_cnn({"base_filters": 4, "dense_neurons": 8, "input_size": 32})
+    copy = pickle.loads(pickle.dumps(model))
+    x = torch.randn(2, 3, 32, 32)
+    assert type(copy) is type(model) and torch.equal(copy.eval()(x), model.eval()(x))

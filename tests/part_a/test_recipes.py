@@ -5,11 +5,8 @@ import yaml
 
 from sweepcnn.config import parse_args
 from sweepcnn.sweep.spec import swept_names
-from sweepcnn.train.engine import METRIC
-from sweepcnn.train.ema import EMA_OPTIONS
-from sweepcnn.train.mixing import MIX_OPTIONS
-from sweepcnn.train.tta import TTA_OPTIONS
-from part_a.model import MODEL_OPTIONS
+from sweepcnn.options import EMA_OPTIONS, METRIC, MIX_OPTIONS, TTA_OPTIONS
+from part_a.cnn_config import MODEL_OPTIONS
 from part_a.train import OPTIONS
 from tests.helpers import ROOT
 

@@ -10,8 +10,10 @@ from torch import nn
 from sweepcnn.config import parse_args
 from sweepcnn.train.engine import Batches, build_optimizer, build_scheduler, train_one_epoch
 from sweepcnn.errors import UserError
-from part_b.blocks import FAMILIES, STRATEGIES, check_k, layout_for
-from part_b.finetune import OPTIONS, FineTune, describe
+from part_b.blocks import FAMILIES, check_k, layout_for
+from part_b.options import STRATEGIES
+from part_b.finetune import OPTIONS
+from part_b.part import FineTune, describe
 from part_b.models import load_backbone, model_names, resolve_preset
 
 

@@ -10,7 +10,7 @@ import yaml
 from sweepcnn.tracking import read_history
 from tests.helpers import ROOT, run_script, write_class_folders
 from sweepcnn.config import parse_args
-from sweepcnn.train.engine import METRIC
+from sweepcnn.options import METRIC
 from sweepcnn.train.lr_find import suggest
 from sweepcnn.train.schedules import WARM_RESTART
 from part_b.finetune import OPTIONS

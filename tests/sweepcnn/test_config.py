@@ -129,3 +129,24 @@ def test_help_piped_into_a_reader_that_stops_early_is_no_traceback():
     stderr = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in stderr, stderr
+
+
+def test_help_wins_over_a_bad_flag_anywhere_in_argv(capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_args(["--bogus=1", "--epochs", "3", "-h"], OPTIONS, prog="train.py", description="demo")
+    assert done.value.code == 0 and "--learning_rate=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["part_a/train.py", "part_b/finetune.py"])
+def test_a_parts_help_imports_neither_torch_nor_wandb(script):
+    """--help is the first thing a newcomer runs: it prints every flag without waiting for torch to import."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{script!r}, '--help']\n"
+            "try:\n"
+            f"    runpy.run_path({script!r}, run_name='__main__')\n"
+            "except SystemExit as done:\n"
+            "    assert done.code == 0, done.code\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'wandb', 'numpy') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+    assert "--learning_rate=FLOAT" in out.stdout and "--wandb_mode=STR" in out.stdout

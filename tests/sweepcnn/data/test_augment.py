@@ -8,7 +8,8 @@ from torchvision.transforms.v2 import functional as TF
 from sweepcnn.config import parse_args
 from sweepcnn.data import augment as aug
 from sweepcnn.data import warp
-from sweepcnn.data.augment import AUGMENT_OPTIONS, AUGMENTATIONS, Augment, augmenter
+from sweepcnn.data.augment import Augment, augmenter
+from sweepcnn.options import AUGMENT_OPTIONS, AUGMENTATIONS
 from sweepcnn.data.color import Canvas, ColourStep, RowStep
 from sweepcnn.data.policies import Policy
 from tests.helpers import IMAGENETTE, photo

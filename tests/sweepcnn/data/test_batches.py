@@ -7,7 +7,8 @@ from torch.utils.data import RandomSampler
 
 from sweepcnn.config import parse_args
 from sweepcnn.data.batches import NoBatchOfOne, check_batch_size
-from sweepcnn.data.datasets import DATA_OPTIONS, ImageSet, make_loader
+from sweepcnn.data.datasets import ImageSet, make_loader
+from sweepcnn.options import DATA_OPTIONS
 from sweepcnn.data.device_data import DeviceLoader
 from sweepcnn.errors import UserError
 

@@ -6,7 +6,8 @@ import torch
 
 from tests.helpers import write_class_folders
 from sweepcnn.config import parse_args
-from sweepcnn.data.datasets import DATA_OPTIONS, channel_stats, load_data
+from sweepcnn.data.datasets import channel_stats, load_data
+from sweepcnn.options import DATA_OPTIONS
 from sweepcnn.train.engine import class_weights
 from sweepcnn.errors import UserError
 

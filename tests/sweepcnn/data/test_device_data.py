@@ -5,8 +5,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sweepcnn.config import parse_args
-from sweepcnn.data.datasets import DATA_OPTIONS, load_data, make_loader
-from sweepcnn.data.device_data import DEVICE_DATA_OPTIONS, DeviceLoader, Prefetch, device_loader, fits
+from sweepcnn.data.datasets import load_data, make_loader
+from sweepcnn.options import DATA_OPTIONS, DEVICE_DATA_OPTIONS
+from sweepcnn.data.device_data import DeviceLoader, Prefetch, device_loader, fits
 
 CFG = {**parse_args([], DATA_OPTIONS)[0], **parse_args([], DEVICE_DATA_OPTIONS)[0]}
 

@@ -16,10 +16,10 @@ from sweepcnn.tracking import read_history
 from tests.helpers import ROOT, write_class_folders
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
-from sweepcnn.train.engine import METRIC
+from sweepcnn.options import METRIC
 from sweepcnn.sweep.spec import agent_command, load_sweep, metric_goal, search_engine, swept_names
 from part_a.counting import count_cnn
-from part_a.model import MODEL_OPTIONS
+from part_a.cnn_config import MODEL_OPTIONS
 from part_a.train import OPTIONS
 
 CNN_YAML = ROOT / "sweeps" / "cnn.yaml"

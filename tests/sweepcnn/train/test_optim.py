@@ -8,9 +8,8 @@ from torch import nn
 
 from sweepcnn.config import parse_args
 from sweepcnn.errors import UserError
-from sweepcnn.train.optim import (OPTIM_OPTIONS, OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler,
-                                  restore_scaler,
-                                  restore_optimizer, restore_scheduler)
+from sweepcnn.train.optim import build_optimizer, build_scheduler, restore_scaler, restore_optimizer, restore_scheduler
+from sweepcnn.options import OPTIM_OPTIONS, OPTIMIZERS, SCHEDULERS
 from sweepcnn.train.schedules import WARM_RESTART
 
 DEFAULTS = {**parse_args([], OPTIM_OPTIONS)[0], "monitor": "val_acc"}  # the engine's key that plateau reads

@@ -36,7 +36,7 @@ def test_digits_run_writes_every_artifact(tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["num_classes"] == 10 and config["input_size"] == 32
     from part_a.counting import count_cnn
-    from part_a.model import MODEL_OPTIONS
+    from part_a.cnn_config import MODEL_OPTIONS
 
     assert summary["params"] == count_cnn({k: config[k] for k in MODEL_OPTIONS})["params"]
     checkpoint = torch.load(run / "best.pt", weights_only=True)
@@ -52,7 +52,8 @@ def test_test_metrics_come_from_the_best_checkpoint(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     from sweepcnn.config import parse_args
     from sweepcnn.data.datasets import load_data
-    from part_a.model import MODEL_OPTIONS, build_cnn
+    from part_a.model import build_cnn
+    from part_a.cnn_config import MODEL_OPTIONS
     from part_a.train import OPTIONS
 
     cfg, _ = parse_args(["--config", str(run / "config.yaml")], OPTIONS)
