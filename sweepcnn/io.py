@@ -144,6 +144,23 @@ def file_lock_if_free(path: str | os.PathLike) -> Iterator[bool]:
         os.close(fd)
 
 
+def lock_is_free(path: str | os.PathLike) -> bool:
+    """Whether no process holds the lock on `path` (file_lock's, owned_lock's), asked with read access alone: a shared
+    lock is refused while another process holds the exclusive one. A missing file is free; an unreadable one raises
+    PermissionError."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # held elsewhere
+        return False
+    finally:
+        os.close(fd)  # closing releases the shared lock
+    return True
+
+
 def nearest_existing(path: Path) -> Path:
     """`path`, else its nearest parent that exists."""
     while not path.exists() and path != path.parent:
@@ -151,9 +168,9 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable(path: Path, flag: str, create: bool = False) -> None:
-    """A UserError naming `flag` unless a file can be written in `path`. Without `create`, a missing `path` is
-    judged by its nearest existing parent and nothing is created."""
+def check_writable(path: Path, flag: str, create: bool = False, remedy: str = "") -> None:
+    """A UserError naming `flag` (and ending with `remedy`, if given) unless a file can be written in `path`. Without
+    `create`, a missing `path` is judged by its nearest existing parent and nothing is created."""
     target = path if create else nearest_existing(path)
     try:
         if create:
@@ -164,4 +181,5 @@ def check_writable(path: Path, flag: str, create: bool = False) -> None:
             pass
     except OSError as exc:
         where = "" if target == path else f" (at {target})"
-        raise UserError(f"{flag}: cannot write to {path}{where}: {exc.strerror or exc}") from None
+        raise UserError(f"{flag}: cannot write to {path}{where}: {exc.strerror or exc}"
+                        + (f"; {remedy}" if remedy else "")) from None

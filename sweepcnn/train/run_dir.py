@@ -179,7 +179,8 @@ def open_run(cfg: dict, explicit: set[str], options: dict[str, Option], program:
               "it now with the flags given", file=sys.stderr)
         check_writable(path, "--out_dir")
         return RunFolder(path, {**cfg, "resume": False}, seen=seen)
-    check_writable(path, "--resume: the run folder")
+    check_writable(path, "--resume: the run folder", remedy="a run resumes in its own folder: make it writable, "
+                   "or copy it to a folder you can write and resume the copy there (--out_dir)")
     return RunFolder(path, _resumed_config(path, cfg, explicit, options, program), seen=seen)
 
 

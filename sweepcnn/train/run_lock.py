@@ -12,11 +12,12 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sweepcnn.errors import UserError
-from sweepcnn.io import LockHeld, atomic_write, check_writable, file_lock_if_free, owned_lock
+from sweepcnn.io import LockHeld, atomic_write, check_writable, lock_is_free, owned_lock
+from sweepcnn.runtime import Interrupted, signals_deferred
 
 LOCK = "run.lock"
 # What a start-up writes into an existing run folder before training: restored as they were by Rollback.undo.
@@ -29,11 +30,15 @@ def _in_use(path: Path, holder: str) -> UserError:
 
 
 def check_free(path: Path) -> None:
-    """Phase 1's look at the lock: a UserError naming the live process that holds the run folder; writes nothing."""
+    """Phase 1's look at the lock: a UserError naming the live process that holds the run folder. Reads only, so a
+    read-only run folder is judged too (run_dir.open_run refuses to resume one)."""
     lock = path / LOCK
-    with file_lock_if_free(lock) as free:
-        if free:
+    try:
+        if lock_is_free(lock):
             return
+    except PermissionError as exc:
+        raise UserError(f"run folder {path}: cannot read its lock {lock}: {exc.strerror}; this user can neither "
+                        "check nor train it: pick another --run_name or --out_dir") from None
     try:
         holder = lock.read_text().strip()
     except OSError:
@@ -87,12 +92,21 @@ def _make(path: Path) -> list[Path] | None:
 
 @contextmanager
 def hold_run_folder(path: Path) -> Iterator[Rollback]:
-    """Make the run folder if needed and hold its lock for the block (the run's life)."""
-    parents_made = _make(path)
-    lock_made = not (path / LOCK).exists()
+    """Make the run folder if needed and hold its lock for the block (the run's life). A stop signal before the block
+    starts undoes what was made, so no empty run folder is left behind."""
     owner = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    try:
-        with owned_lock(path / LOCK, owner):
-            yield Rollback(path, parents_made, lock_made)
-    except LockHeld as held:  # a folder held by another process is never ours: nothing to undo
-        raise _in_use(path, str(held)) from None
+    with ExitStack() as held:
+        rollback = None
+        try:
+            with signals_deferred():  # a stop is raised at the end, once `rollback` can undo what was made
+                parents_made = _make(path)
+                lock_made = not (path / LOCK).exists()
+                held.enter_context(owned_lock(path / LOCK, owner))
+                rollback = Rollback(path, parents_made, lock_made)
+        except LockHeld as other:  # a folder held by another process is never ours: nothing to undo
+            raise _in_use(path, str(other)) from None
+        except Interrupted:
+            if rollback is not None:
+                rollback.undo()
+            raise
+        yield rollback

@@ -1,4 +1,5 @@
 """The run folder: names, unwritable places, relaunches by run id (W&B requeue) and under a sweep."""
+import errno
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from sweepcnn.errors import UserError
-from sweepcnn.train.run_dir import check_run_name, check_writable
+from sweepcnn.train.run_dir import check_run_name, check_writable, open_run
+from sweepcnn.train.run_lock import check_free
 from sweepcnn.tracking import read_history
 from tests.helpers import FAST, ROOT, train
 from tests.sweepcnn.train.test_resume import assert_refused, snapshot
@@ -44,16 +46,54 @@ def test_an_unwritable_folder_is_one_error_and_nothing_is_created(tmp_path, monk
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_resume_of_a_read_only_run_folder_is_one_error(tmp_path):
+def test_resume_or_test_of_a_read_only_run_folder_is_one_error(tmp_path):
+    """The folder and its files read-only (run.lock too), as after `chmod -R a-w`."""
+    run = tmp_path / "r"
     train(*TINY, f"--out_dir={tmp_path}", "--run_name=r")
-    before = snapshot(tmp_path / "r")
-    (tmp_path / "r").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    before = snapshot(run)
+    paths = [*run.rglob("*"), run]
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o222)
     try:
-        proc = train("--resume", "--run_name=r", f"--out_dir={tmp_path}", "--epochs=2", check=False)
+        for more in (["--epochs=2"], ["--test"]):
+            proc = train("--resume", "--run_name=r", f"--out_dir={tmp_path}", *more, check=False)
+            assert_refused(proc, f"cannot write to {run}: Permission denied", "copy it to a folder you can write")
     finally:
-        (tmp_path / "r").chmod(stat.S_IRWXU)
-    assert_refused(proc, "cannot write to")
-    assert snapshot(tmp_path / "r") == before
+        for path in paths:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert snapshot(run) == before
+
+
+def test_a_run_folder_on_a_read_only_file_system_is_checked_then_refused_in_one_line(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    (run / "run.lock").touch()
+    real_open = os.open
+
+    def read_only_file_system(path, flags, *args, **kwargs):  # EROFS to any writer, also to root; reads pass
+        if str(path).startswith(str(run)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_file_system)
+    with pytest.raises(UserError, match=f"--resume: the run folder: cannot write to {run}: Read-only file system; "
+                                        "a run resumes in its own folder"):
+        open_run({"out_dir": str(tmp_path), "run_name": "r", "resume": True}, set(), {}, "python part_a/train.py")
+
+
+def test_an_unreadable_run_lock_is_one_error(tmp_path, monkeypatch):
+    (tmp_path / "run.lock").touch()
+    real_open = os.open
+
+    def another_users(path, *args, **kwargs):  # a file of mode 0600 of another user (root reads it: simulated)
+        if str(path) == str(tmp_path / "run.lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", another_users)
+    with pytest.raises(UserError, match=f"run folder {tmp_path}: cannot read its lock .*Permission denied"):
+        check_free(tmp_path)
 
 
 def interrupt_after(args: list[str], epochs: int, signum: int, env: dict,

@@ -252,6 +252,14 @@ def test_a_stop_while_the_run_folder_is_made_ends_as_a_stop_and_leaves_nothing(t
 
 
 @pytest.mark.slow
+def test_a_stop_between_making_the_run_folder_and_locking_it_leaves_nothing(tmp_path):
+    proc = _stop_inside("sweepcnn.train.run_lock:owned_lock", signal.SIGINT, *TINY, f"--out_dir={tmp_path / 'runs'}",
+                        "--run_name=r", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # neither the run folder nor the --out_dir made for it
+
+
+@pytest.mark.slow
 def test_a_stop_before_the_first_epoch_does_not_claim_a_checkpoint(tmp_path):
     for env, code in (({}, 128 + signal.SIGINT), ({"WANDB_RUN_ID": "t1", "SWEEPCNN_SWEEP_TRIAL": "1"}, 0)):
         signum = signal.SIGINT if code else signal.SIGTERM
