@@ -36,7 +36,7 @@ from torch import nn
 from sweepcnn.config import run_cli
 from sweepcnn.data.datasets import Data
 from sweepcnn.errors import ArgumentParser, UserError
-from sweepcnn.io import check_writable
+from sweepcnn.io import atomic_write, check_writable
 from sweepcnn.report.interpret import Layers
 from sweepcnn.report.page import write_html
 from sweepcnn.report.panels import write_panels
@@ -48,6 +48,8 @@ from sweepcnn.tracking import read_history, read_summary
 
 if TYPE_CHECKING:
     from sweepcnn.train.spec import ModelSpec
+
+ERROR_FILE = "error.txt"  # why the report after --test failed (report_tested_run)
 
 
 def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Normalization, cfg: dict,
@@ -61,6 +63,7 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     report = write_panels(run_dir / "report", model, data, normalization, cfg, read_history(run_dir), layers)
     page = write_html(report, run_dir, cfg, read_summary(run_dir) if summary is None else summary)
     log_to_wandb(report, run_dir, cfg, wandb_run, new_run=new_wandb_run, max_rows=table_rows)
+    (run_dir / "report" / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's
     return page
 
 
@@ -68,7 +71,8 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
 def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization: Normalization, cfg: dict,
                       wandb_run: Any) -> None:
     """The step part_a/train.py and part_b/finetune.py take after --test (spec.model holds the best checkpoint). The
-    run's results are saved already: a failing report is reported, not fatal. Nothing without --report."""
+    run's results are saved already: a failing report is one warning line (its traceback in report/ERROR_FILE), not
+    fatal. Nothing without --report."""
     if not cfg["report"]:
         return
     try:
@@ -76,9 +80,20 @@ def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization:
                             table_rows=cfg["report_table_rows"])
         print(f"report: {page}")
     except Exception as exc:
-        traceback.print_exc()
-        print(f"warning: the report failed ({type(exc).__name__}: {exc}); training and test results are saved; "
-              f"retry with: python -m sweepcnn.report {run_dir}", file=sys.stderr)
+        message = (str(exc).splitlines() or [""])[0]
+        print(f"warning: the report failed ({type(exc).__name__}: {message}){_save_traceback(run_dir)}; training and "
+              f"test results are saved; retry with: python -m sweepcnn.report {run_dir}", file=sys.stderr)
+
+
+def _save_traceback(run_dir: Path) -> str:
+    """Write the exception being handled, with its traceback, to RUN_DIR/report/ERROR_FILE: where it went, as the
+    warning says it ("" if it could not be written, e.g. on a full disk)."""
+    path = run_dir / "report" / ERROR_FILE
+    try:
+        atomic_write(path, traceback.format_exc())
+    except OSError:
+        return ""
+    return f", traceback in {path}"
 
 
 def main(argv: list[str]) -> int:

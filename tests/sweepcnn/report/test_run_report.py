@@ -562,3 +562,17 @@ def test_a_read_only_run_folder_is_one_error_line_before_any_data_is_read(tmp_pa
     with pytest.raises(UserError, match=r"^RUN_DIR: cannot write to .*report \(at .*\): Permission denied$"):
         run_report.main([str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_report_after_test_is_one_warning_line_with_its_traceback_in_a_file(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory\nmore lines of detail")
+
+    monkeypatch.setattr(run_report, "build_report", fail)
+    spec = ModelSpec(nn.Identity(), {})
+    run_report.report_tested_run(tmp_path, spec, None, None, {"report": True, "report_table_rows": None}, None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("warning: the report failed (RuntimeError: CUDA out of memory), traceback in "
+                          f"{tmp_path / 'report' / 'error.txt'}; training and test results are saved")
+    assert "Traceback" in (tmp_path / "report" / "error.txt").read_text()

@@ -198,6 +198,25 @@ def test_a_tested_run_writes_its_report_and_logs_it_to_its_wandb_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_report_is_one_warning_line_and_the_tested_run_still_succeeds(tmp_path):
+    run = tmp_path / "r"
+    train("--data=digits", "--epochs=1", f"--out_dir={tmp_path}", "--run_name=r", *FAST)
+    (run / "report" / "report.html").mkdir(parents=True)  # the report's page cannot be written
+    proc = train("--resume", "--test", f"--out_dir={tmp_path}", "--run_name=r")  # exit 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    [warning] = [line for line in proc.stderr.splitlines() if "report failed" in line]
+    assert warning.startswith("warning: the report failed (IsADirectoryError: [Errno 21] Is a directory: ")
+    assert warning.endswith(f"report.html'), traceback in {run / 'report' / 'error.txt'}; training and test results "
+                            f"are saved; retry with: python -m sweepcnn.report {run}")
+    assert "Traceback" in (run / "report" / "error.txt").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "test_acc" in summary
+    (run / "report" / "report.html").rmdir()
+    subprocess.run([sys.executable, "-m", "sweepcnn.report", str(run)], cwd=ROOT, check=True, capture_output=True)
+    assert (run / "report" / "report.html").is_file() and not (run / "report" / "error.txt").exists()
+
+
+@pytest.mark.slow
 def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(tmp_path):
     import random
 
