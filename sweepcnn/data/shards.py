@@ -52,7 +52,8 @@ class TrainShards:
 
 
 class ShardSampler:
-    """A DataLoader batch sampler: each global batch of `batch_sampler`, cut to this rank's shard."""
+    """A DataLoader batch sampler: each global batch of `batch_sampler`, cut to this rank's shard (`shards(i)` of the
+    i-th batch, as the training step splits and weighs it)."""
 
     def __init__(self, batch_sampler: Iterable[list[int]], shards: TrainShards):
         self.batch_sampler, self.shards = batch_sampler, shards
@@ -61,9 +62,8 @@ class ShardSampler:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            yield [batch[p] for p in batch_positions(len(batch), self.shards.rank, self.shards.world,
-                                                     self.shards.partners)]
+        for i, batch in enumerate(self.batch_sampler):
+            yield [batch[p] for p in self.shards(i).positions]
 
 
 def split_part(images: ImageSet, rank: int, world: int) -> ImageSet:

@@ -15,7 +15,7 @@ import yaml
 
 from sweepcnn.data.augment import Augment
 from sweepcnn.data.datasets import ImageSet
-from sweepcnn.data.shards import Shard, TrainShards, batch_positions, split_part
+from sweepcnn.data.shards import Shard, ShardSampler, TrainShards, batch_positions, split_part
 from sweepcnn.tracking import read_history
 from sweepcnn.train.mixing import Mixer
 from tests.helpers import ROOT, train
@@ -82,6 +82,17 @@ def test_the_shards_of_a_batch_hold_each_sample_once_and_partners_mirror_the_glo
             paired = batch_positions(total, rank, world, True)
             half = len(paired) // 2
             assert paired[:half] == own[rank] and paired[half:] == [total - 1 - p for p in own[rank]]
+
+
+def test_the_loader_cuts_each_global_batch_into_the_shard_the_training_step_takes():
+    class Reversed(TrainShards):  # any cut: the loader must follow the one TrainShards gives
+        def __call__(self, batch: int) -> Shard:
+            shard = super().__call__(batch)
+            return Shard(shard.positions[::-1], shard.total, shard.size)
+
+    shards = Reversed(10, 4, 1, 2, True)
+    batches = [[9, 3, 0, 5], [1, 8, 2, 7], [6, 4]]
+    assert list(ShardSampler(batches, shards)) == [[b[p] for p in shards(i).positions] for i, b in enumerate(batches)]
 
 
 def test_evaluation_slices_hold_each_image_once():
