@@ -80,11 +80,17 @@ class SweepFolder:
 
 
 # ---------------------------------------------------------------------------------------------------- liveness
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may itself hold spaces and parentheses):
+    [1] is the parent's pid, [19] the start time. OSError where /proc or the process is not there."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_start(pid: int) -> str | None:
     """When the process started (clock ticks since boot, from /proc), to tell a worker from a later process that
     reuses its pid; None where /proc is not available or the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return proc_stat(pid)[19]
     except (OSError, IndexError):
         return None
 

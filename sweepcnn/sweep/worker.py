@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy
 
-from sweepcnn.sweep.folder import (SweepFolder, logged_keys, metric_of, process_start, reap_lost_trials,
-                                   trial_process_alive, write_records)
+from sweepcnn.sweep.folder import (SweepFolder, logged_keys, metric_of, proc_stat, process_start,
+                                   reap_lost_trials, trial_process_alive, write_records)
 from sweepcnn.sweep.spec import metric_goal, swept_names
 from sweepcnn.sweep.suggest import new_run_id, should_stop, suggest
 from sweepcnn.sweep.torchrun import root_cause_exit, trial_command
@@ -105,9 +105,10 @@ def _kill_tree(pid: int) -> None:
     """SIGKILL a trial and every process under it: torchrun's workers run in sessions of their own, so killing
     torchrun alone would leave them training."""
     parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            child = int(entry.name)
+            parents[child] = int(proc_stat(child)[1])
         except (OSError, IndexError, ValueError):
             continue
     tree, added = {pid}, True

@@ -361,6 +361,21 @@ def test_lost_trials_are_told_from_live_ones(tmp_path):
                                                       "finished"]
 
 
+def test_a_process_start_is_when_the_process_started():
+    from sweepcnn.sweep.folder import process_start
+
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    before = time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = boot + int(process_start(child.pid)) / os.sysconf("SC_CLK_TCK")
+    finally:
+        child.kill()
+        child.wait()
+    assert before - 2 <= started <= time.time() + 2  # btime is in whole seconds
+
+
 @pytest.mark.slow
 def test_one_of_three_workers_killed_then_all_killed_and_restarted(tmp_path):
     rates = [0.01, 0.02, 0.005, 0.03, 0.015, 0.008]
