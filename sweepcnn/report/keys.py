@@ -7,9 +7,12 @@ PANEL_KEYS = ("predictions", "mistakes", "confusion_matrix", "roc_pr", "filters"
 WANDB_TABLE_KEYS = ("per_class_table", "test_predictions", "predictions_table", "mistakes_table")
 # The W&B charts (wandb.plot custom charts: <key>_table holds the data), each with its Vega spec and fields as
 # wandb.plot logs them (a report page's custom chart names the same).
+CONFUSION_MATRIX_CHART = "confusion_matrix_chart"
+ROC_CHART = "roc_chart"
+PRECISION_RECALL_CHART = "precision_recall_chart"
 CHARTS = {
-    "confusion_matrix_chart": ("wandb/confusion_matrix/v1",
-                               {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}),
-    "roc_chart": ("wandb/line/v0", {"x": "false_positive_rate", "y": "true_positive_rate", "stroke": "class"}),
-    "precision_recall_chart": ("wandb/line/v0", {"x": "recall", "y": "precision", "stroke": "class"}),
+    CONFUSION_MATRIX_CHART: ("wandb/confusion_matrix/v1",
+                             {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}),
+    ROC_CHART: ("wandb/line/v0", {"x": "false_positive_rate", "y": "true_positive_rate", "stroke": "class"}),
+    PRECISION_RECALL_CHART: ("wandb/line/v0", {"x": "recall", "y": "precision", "stroke": "class"}),
 }

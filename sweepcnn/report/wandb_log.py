@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sweepcnn.report.keys import CONFUSION_MATRIX_CHART, PRECISION_RECALL_CHART, ROC_CHART
 from sweepcnn.report.panels import Report
 from sweepcnn.report.predictions import grid_indices, highest_loss, hwc
 from sweepcnn.tracking import active_wandb_run, describe_wandb_run, saved_group, start_side_run
@@ -51,13 +52,14 @@ def log_report(run: Any, report: Report, max_rows: int | None = None) -> None:
     payload["report/mistakes_table"] = wandb.Table(columns=columns, data=image_rows(highest_loss(r)))
     payload["report/test_predictions"] = predictions_table(report, max_rows)
     labels, preds = r.labels.tolist(), r.preds.tolist()
-    payload["report/confusion_matrix_chart"] = wandb.plot.confusion_matrix(y_true=labels, preds=preds,
-                                                                          class_names=classes)
-    for key, title in (("roc", "ROC"), ("precision_recall", "precision-recall")):
-        if key in report.tables:
-            columns, rows = report.tables[key]
-            payload[f"report/{key}_chart"] = wandb.plot.line(wandb.Table(columns, rows), *columns[1:], stroke="class",
-                                                             title=f"{title}, each class against the rest")
+    payload[f"report/{CONFUSION_MATRIX_CHART}"] = wandb.plot.confusion_matrix(y_true=labels, preds=preds,
+                                                                             class_names=classes)
+    curves = (("roc", ROC_CHART, "ROC"), ("precision_recall", PRECISION_RECALL_CHART, "precision-recall"))
+    for table, chart, title in curves:
+        if table in report.tables:
+            columns, rows = report.tables[table]
+            payload[f"report/{chart}"] = wandb.plot.line(wandb.Table(columns, rows), *columns[1:], stroke="class",
+                                                         title=f"{title}, each class against the rest")
     run.log(payload)
     run.summary.update({f"report/{k}": v for k, v in report.metrics.items()})
 
