@@ -9,9 +9,11 @@ build the model themselves, and train beside it writing nothing."""
 from __future__ import annotations
 
 import errno
+import io
+import os
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +45,35 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
     `after_test` runs after --test (the report). A stop signal at any moment has the run's stop
     semantics (sweepcnn.train.stops)."""
     install_signal_handlers()
-    if distributed.launched() > 1:  # several processes under torchrun: join them
-        cfg, _ = resolve_config(argv, options, prog, description)
-        distributed.init(cfg, resolve_device(cfg["device"]))
     try:
-        return _run(argv, options, prog, description, prepare, build, job_type, after_test)
+        resolved = _resolve(argv, options, prog, description)
+        if distributed.launched() > 1:  # several processes under torchrun: join them
+            distributed.init(resolved[0], resolve_device(resolved[0]["device"]))
+    except Interrupted as stop:
+        return end_before_start(stop)
+    try:
+        return _run(argv, resolved, options, prog, prepare, build, job_type, after_test)
     finally:
         distributed.cleanup(raise_pending=False)
 
 
-def _plan(argv: list[str], options: dict[str, Option], prog: str, description: str,
+def _resolve(argv: list[str], options: dict[str, Option], prog: str, description: str) -> tuple[dict, set[str]]:
+    """The config, resolved once per process. Under torchrun every rank resolves it (joining the process group
+    takes its device and global batch); rank 0 alone prints its notes and errors, which the others would repeat."""
+    if os.environ.get("RANK", "0") == "0":
+        return resolve_config(argv, options, prog, description)
+    with redirect_stderr(io.StringIO()):
+        try:
+            return resolve_config(argv, options, prog, description)
+        except UserError:
+            raise SystemExit(2) from None
+
+
+def _plan(argv: list[str], resolved: tuple[dict, set[str]], options: dict[str, Option], prog: str,
           prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec]) -> Start:
     """Phase 1; several ranks: rank 0's plan (first: it builds the decoded-image cache), followed by the others."""
     def plan() -> Start:
-        start = plan_start(argv, options, prog=prog, description=description, prepare=prepare, build=build)
+        start = plan_start(argv, resolved, options, prog=prog, prepare=prepare, build=build)
         if distributed.active() and start.spec is not None and start.spec.run is not fit:
             raise UserError("--lr_find runs in one process: run it without torchrun")
         return start
@@ -66,12 +83,12 @@ def _plan(argv: list[str], options: dict[str, Option], prog: str, description: s
     return start if distributed.is_main() else follow_start(run, nothing_to_do, prepare, build)
 
 
-def _run(argv: list[str], options: dict[str, Option], prog: str, description: str,
+def _run(argv: list[str], resolved: tuple[dict, set[str]], options: dict[str, Option], prog: str,
          prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec], job_type: str,
          after_test: AfterTest | None) -> int:
     main = distributed.is_main()
     try:
-        start = _plan(argv, options, prog, description, prepare, build)
+        start = _plan(argv, resolved, options, prog, prepare, build)
     except Interrupted as stop:
         return end_before_start(stop)
     if start.nothing_to_do:

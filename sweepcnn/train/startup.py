@@ -94,12 +94,12 @@ def _read_data(cfg: dict, explicit: set[str], size: int, channels: int) -> Data:
     return data
 
 
-def plan_start(argv: list[str], options: dict[str, Option], *, prog: str, description: str,
+def plan_start(argv: list[str], resolved: tuple[dict, set[str]], options: dict[str, Option], *, prog: str,
                prepare: Callable[[dict], tuple[int, int]], build: Callable[[dict, Data], ModelSpec]) -> Start:
-    """Phase 1. `prepare(cfg)` checks the part's flags (and loads its weights) and returns (input_size, channels);
-    `build(cfg, data)` returns the model once cfg['num_classes'] is known. Sets the process up (allocator, seeds,
-    determinism) but writes nothing."""
-    cfg, explicit = resolve_config(argv, options, prog, description)
+    """Phase 1, from the command line `argv` and its `resolve_config`. `prepare(cfg)` checks the part's flags (and
+    loads its weights) and returns (input_size, channels); `build(cfg, data)` returns the model once
+    cfg['num_classes'] is known. Sets the process up (allocator, seeds, determinism) but writes nothing."""
+    cfg, explicit = resolved
     run = open_run(cfg, explicit, options, prog.removeprefix("python "))
     if run.done:
         return Start(run, nothing_to_do=f"run folder: {run.path} (already {run.done}: nothing more to train, its "

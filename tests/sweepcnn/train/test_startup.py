@@ -50,6 +50,25 @@ def test_a_run_folders_config_starts_a_new_run(tmp_path, capsys):
     assert "run_name, resume, device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_rank_0_alone_prints_the_configs_notes_and_errors(tmp_path, monkeypatch, capsys, rank):
+    """Every rank resolves the config to join the process group; the others' notes would repeat rank 0's."""
+    from part_a.train import OPTIONS
+    from sweepcnn.train.runner import _resolve
+
+    monkeypatch.setenv("RANK", rank)
+    run = tmp_path / "runs" / "X"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"run_name": "X", "base_filters": 4}))
+    (run / "split.json").write_text("{}")
+    cfg, _ = _resolve(["--config", str(run / "config.yaml")], OPTIONS, "p", "d")
+    assert cfg["base_filters"] == 4 and cfg["run_name"] is None
+    assert capsys.readouterr().err.count("note:") == (rank == "0")
+    with pytest.raises(UserError if rank == "0" else SystemExit) as failed:
+        _resolve(["--bogus=1"], OPTIONS, "p", "d")
+    assert rank == "0" or (failed.value.code == 2 and capsys.readouterr().err == "")
+
+
 # ---------------------------------------------------------------------------------------------- identity (bug 1)
 def test_a_resume_by_the_program_that_did_not_make_the_run_is_refused(tmp_path):
     from part_a.train import OPTIONS
