@@ -47,8 +47,9 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
     install_signal_handlers()
     try:
         resolved = _resolve(argv, options, prog, description)
+        cfg = resolved[0]
         if distributed.launched() > 1:  # several processes under torchrun: join them
-            distributed.init(resolved[0], resolve_device(resolved[0]["device"]))
+            distributed.init(cfg, resolve_device(cfg["device"]))
     except Interrupted as stop:
         return end_before_start(stop)
     try:
