@@ -7,16 +7,23 @@ the backbone, as it did before runs recorded run.json.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sweepcnn.config import run_cli
-from sweepcnn.predict import Recipe
 from sweepcnn.predict import main as predict_main
-from part_b.part import input_size, rebuild
+
+if TYPE_CHECKING:
+    from sweepcnn.predictor import Recipe
 
 
 def standalone(config: dict) -> Recipe | None:
     """How to rebuild a Part B checkpoint from its config alone (only Part B's config has --strategy)."""
     if "strategy" not in config:
         return None
+    # torch and the backbones load here, while checkpoints are read, not for --help
+    from part_b.part import input_size, rebuild
+    from sweepcnn.predictor import Recipe
+
     return Recipe(rebuild, (input_size(config), config["in_channels"]))
 
 

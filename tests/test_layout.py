@@ -1,8 +1,10 @@
 """The package layout docs/layout.md describes: one import package, parts that plug in, short files,
 tests that mirror the package."""
 import ast
+import os
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -31,6 +33,32 @@ def test_no_top_level_core_package():
 def test_the_shared_package_never_imports_a_part(path):
     parts = {m for m in imported_modules(path) if m.split(".")[0] in ("part_a", "part_b")}
     assert not parts, f"{path.relative_to(ROOT)} imports {parts}"
+
+
+def _entry_point(name: str) -> list[str]:
+    """python's arguments that run the console entry point `name` as pyproject.toml declares it."""
+    module, function = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][name].split(":")
+    return ["-c", f"from {module} import {function}; {function}()"]
+
+
+# the commands that parse their flags with argparse: (what --help's usage names, python's arguments that start it)
+ARGPARSE_COMMANDS = [("python -m sweepcnn.report", ["-m", "sweepcnn.report"]),
+                     ("python -m sweepcnn.report", _entry_point("sweepcnn-report")),
+                     ("python -m sweepcnn.predict", ["-m", "sweepcnn.predict"]),
+                     ("python part_b/predict.py", ["part_b/predict.py"])]
+
+
+@pytest.mark.parametrize("prog, args", ARGPARSE_COMMANDS, ids=lambda x: x if isinstance(x, str) else " ".join(x))
+def test_argparse_commands_print_help_without_importing_torch_or_wandb(prog, args):
+    """Their work, and torch with it, loads after the flags are parsed: --help prints at once (as the parts' does,
+    tests/sweepcnn/test_config.py)."""
+    proc = subprocess.run([sys.executable, *args, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {prog} "), proc.stderr[-3000:]
+    heavy = imported & {"torch", "torchvision", "wandb", "numpy"}
+    assert "argparse" in imported and not heavy, f"--help imported {sorted(heavy)}"
 
 
 def test_sub_package_inits_are_empty():

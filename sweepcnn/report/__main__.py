@@ -1,4 +1,4 @@
-from sweepcnn.report.run_report import cli
+from sweepcnn.report.cli import cli
 
 if __name__ == "__main__":
     cli()

@@ -1,7 +1,6 @@
-"""Report on a trained run (Part A or Part B): what the model predicts on the test split, where it fails, what its
-first layer learned and what it looks at.
-
-    python -m sweepcnn.report RUN_DIR [--wandb] [--device cpu] [--table_rows N]
+"""The report on a trained run (Part A or Part B): what the model predicts on the test split, where it fails, what
+its first layer learned and what it looks at; from a run folder (python -m sweepcnn.report, whose command line is
+cli.py) or after part_a/train.py's and part_b/finetune.py's --test (report_tested_run).
 
 Writes RUN_DIR/report/: predictions.png (3 test images for each of up to 10 classes), filters.png (first-layer
 kernels), confusion_matrix.png/.csv, confusion_matrix_normalized.csv, per_class.csv (precision, recall, F1, AUC and
@@ -18,7 +17,8 @@ sweepcnn.train.record), which also names the layers to inspect: the first convol
 target of Grad-CAM and guided backpropagation (Part A: the CNN's first and last convolution; Part B: a ResNet's conv1
 and layer4, a ViT's patch embedding and last encoder block's `ln_1`, any other model's first and last Conv2d).
 
-    run_report.py   build_report, the CLI       runs.py        run folder: config, model, data
+    cli.py          the command line            run_report.py  build_report, from a run folder, after --test
+    runs.py         run folder: config, model, data
     record.py       run.json                    predictions.py test predictions
     interpret.py    hooks, guided backprop, Grad-CAM
     plots.py        the figures                 panels.py      figures and tables of one report
@@ -33,9 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from sweepcnn.config import run_cli
 from sweepcnn.data.datasets import Data
-from sweepcnn.errors import ArgumentParser, UserError
 from sweepcnn.io import atomic_write, check_writable
 from sweepcnn.report.interpret import Layers
 from sweepcnn.report.page import write_html
@@ -67,6 +65,17 @@ def build_report(run_dir: Path, model: nn.Module, data: Data, normalization: Nor
     return page
 
 
+def report_run_folder(run_dir: Path, device: str, new_wandb_run: bool = False, table_rows: int | None = None
+                      ) -> Path:
+    """build_report for the run folder of a finished run, its model on `device` (auto, cpu, cuda, cuda:N or mps);
+    returns its report.html. The device, the run's model and a writable report/ are checked before the data is read."""
+    torch_device = resolve_device(device)  # before the model or the data is read
+    spec, cfg, classes, normalization = load_run_model(run_dir)
+    check_writable(run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
+    data = load_run_data(run_dir, cfg, classes)
+    return build_report(run_dir, spec.model.to(torch_device), data, normalization, cfg, layers=spec.layers,
+                        new_wandb_run=new_wandb_run, table_rows=table_rows)
+
 
 def report_tested_run(run_dir: Path, spec: ModelSpec, data: Data, normalization: Normalization, cfg: dict,
                       wandb_run: Any) -> None:
@@ -94,34 +103,3 @@ def _save_traceback(run_dir: Path) -> str:
     except OSError:
         return ""
     return f", traceback in {path}"
-
-
-def main(argv: list[str]) -> int:
-    """python -m sweepcnn.report RUN_DIR [--wandb] [--device DEVICE]."""
-    parser = ArgumentParser(prog="python -m sweepcnn.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a run folder of part_a/train.py or part_b/finetune.py")
-    parser.add_argument("--wandb", action="store_true", help="also log the report to a new W&B run (mode: "
-                        "$WANDB_MODE, else online with an API key, else offline)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--table_rows", type=int, help="with --wandb: at most this many test images in the table of "
-                        "every test prediction (default: all)")
-    args = parser.parse_args(argv)
-    if args.table_rows is not None and args.table_rows < 1:
-        raise UserError(f"--table_rows: {args.table_rows} is not a positive number of rows")
-    device = resolve_device(args.device)  # before the model or the data is read
-    spec, cfg, classes, normalization = load_run_model(args.run_dir)
-    check_writable(args.run_dir / "report", "RUN_DIR")  # before the data is read: a read-only run folder
-    data = load_run_data(args.run_dir, cfg, classes)
-    page = build_report(args.run_dir, spec.model.to(device), data, normalization, cfg,
-                        layers=spec.layers, new_wandb_run=args.wandb, table_rows=args.table_rows)
-    print(f"report: {page}")
-    return 0
-
-
-def cli() -> None:
-    """The console entry point (sweepcnn-report, python -m sweepcnn.report)."""
-    run_cli(main)
-
-
-if __name__ == "__main__":
-    cli()

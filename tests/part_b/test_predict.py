@@ -20,8 +20,8 @@ from sweepcnn.train.record import RECORD, write_record
 from part_a import part as part_a
 from part_b import part as part_b
 from part_b.predict import standalone
-from sweepcnn.predict import Predictor, image_files
-from sweepcnn.predict import predict as predict_rows
+from sweepcnn.predictor import Predictor, image_files
+from sweepcnn.predictor import predict as predict_rows
 from tests.wandb_records import history_and_summary
 
 

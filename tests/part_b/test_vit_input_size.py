@@ -11,7 +11,7 @@ from sweepcnn.errors import UserError
 from tests.helpers import run_script
 from part_b.finetune import main
 from part_b.models import load_backbone
-from sweepcnn.predict import Predictor
+from sweepcnn.predictor import Predictor
 
 SAVED_SIZE = 64
 

@@ -24,7 +24,7 @@ from torchvision.models import ResNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock
 
 from tests.helpers import ROOT, write_class_folders
-from sweepcnn.report import figures, interpret, panels, plots, predictions, run_report, runs, wandb_log
+from sweepcnn.report import cli, figures, interpret, panels, plots, predictions, run_report, runs, wandb_log
 from sweepcnn.report.keys import PANEL_KEYS, WANDB_TABLE_KEYS
 from sweepcnn.report.predictions import MISTAKES
 from sweepcnn.config import parse_args
@@ -471,14 +471,14 @@ def test_a_run_folder_records_an_importable_rebuild_function(tmp_path):
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     from sweepcnn.config import run_cli
 
-    monkeypatch.setattr(sys, "argv", ["sweepcnn.report.run_report", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["sweepcnn-report", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:
-        run_cli(run_report.main)
+        run_cli(cli.main)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "config.yaml" in err
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(part_a_config()))
     with pytest.raises(SystemExit) as stop:  # a run folder made before runs recorded their part
-        run_cli(run_report.main)
+        run_cli(cli.main)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "no run.json" in err
     assert '"rebuild": "part_a.part:rebuild"' in err and "part_b.part:rebuild" in err
@@ -560,7 +560,7 @@ def test_a_read_only_run_folder_is_one_error_line_before_any_data_is_read(tmp_pa
     monkeypatch.setattr(run_report, "load_run_data", lambda *a: pytest.fail("the data was read"))
     monkeypatch.setattr(sweepcnn.io.tempfile, "TemporaryFile", read_only)
     with pytest.raises(UserError, match=r"^RUN_DIR: cannot write to .*report \(at .*\): Permission denied$"):
-        run_report.main([str(tmp_path)])
+        cli.main([str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -97,7 +97,7 @@ def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch):
 
 
 def test_the_report_checks_its_device_before_it_reads_the_run(tmp_path):
-    from sweepcnn.report.run_report import main
+    from sweepcnn.report.cli import main
 
     if torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
