@@ -101,11 +101,7 @@ def owned_lock(path: str | os.PathLike, owner: str) -> Iterator[None]:
             os.close(fd)
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            try:
-                holder = path.read_text().strip()
-            except OSError:
-                holder = ""
-            raise LockHeld(holder or "another process") from None
+            raise LockHeld(lock_holder(path)) from None
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -142,6 +138,14 @@ def file_lock_if_free(path: str | os.PathLike) -> Iterator[bool]:
             yield True
     finally:
         os.close(fd)
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """Who holds the lock on `path`, as owned_lock wrote it ("another process" if the file does not say)."""
+    try:
+        return Path(path).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 def lock_is_free(path: str | os.PathLike) -> bool:

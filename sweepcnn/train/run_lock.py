@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sweepcnn.errors import UserError
-from sweepcnn.io import LockHeld, atomic_write, check_writable, lock_is_free, owned_lock
+from sweepcnn.io import LockHeld, atomic_write, check_writable, lock_holder, lock_is_free, owned_lock
 from sweepcnn.runtime import Interrupted, signals_deferred
 
 LOCK = "run.lock"
@@ -39,11 +39,7 @@ def check_free(path: Path) -> None:
     except PermissionError as exc:
         raise UserError(f"run folder {path}: cannot read its lock {lock}: {exc.strerror}; this user can neither "
                         "check nor train it: pick another --run_name or --out_dir") from None
-    try:
-        holder = lock.read_text().strip()
-    except OSError:
-        holder = ""
-    raise _in_use(path, holder or "another process")
+    raise _in_use(path, lock_holder(lock))
 
 
 class Rollback:
