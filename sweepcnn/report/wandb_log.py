@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sweepcnn.report.keys import CONFUSION_MATRIX_CHART, PRECISION_RECALL_CHART, ROC_CHART
+from sweepcnn.report.keys import (CONFUSION_MATRIX_CHART, MISTAKES_TABLE, PER_CLASS_TABLE, PRECISION_RECALL_CHART,
+                                  PREDICTIONS_TABLE, ROC_CHART, TEST_PREDICTIONS)
 from sweepcnn.report.panels import Report
 from sweepcnn.report.predictions import grid_indices, highest_loss, hwc
 from sweepcnn.tracking import active_wandb_run, describe_wandb_run, saved_group, start_side_run
@@ -40,7 +41,7 @@ def log_report(run: Any, report: Report, max_rows: int | None = None) -> None:
 
     r, classes = report.results, report.classes
     payload: dict[str, Any] = {f"report/{p.key}": wandb.Image(str(p.path), caption=p.title) for p in report.panels}
-    payload["report/per_class_table"] = wandb.Table(*report.tables["per_class"])
+    payload[f"report/{PER_CLASS_TABLE}"] = wandb.Table(*report.tables["per_class"])
 
     def image_rows(indices: list[int]) -> list[list[Any]]:
         return [[wandb.Image(hwc(r.image(i))), classes[int(r.labels[i])], classes[int(r.preds[i])],
@@ -48,9 +49,9 @@ def log_report(run: Any, report: Report, max_rows: int | None = None) -> None:
 
     columns = ["image", "true", "predicted", "confidence", "loss"]
     grid = [i for rows in grid_indices(r.images.labels, len(classes)) for i in rows]
-    payload["report/predictions_table"] = wandb.Table(columns=columns, data=image_rows(grid))
-    payload["report/mistakes_table"] = wandb.Table(columns=columns, data=image_rows(highest_loss(r)))
-    payload["report/test_predictions"] = predictions_table(report, max_rows)
+    payload[f"report/{PREDICTIONS_TABLE}"] = wandb.Table(columns=columns, data=image_rows(grid))
+    payload[f"report/{MISTAKES_TABLE}"] = wandb.Table(columns=columns, data=image_rows(highest_loss(r)))
+    payload[f"report/{TEST_PREDICTIONS}"] = predictions_table(report, max_rows)
     labels, preds = r.labels.tolist(), r.preds.tolist()
     payload[f"report/{CONFUSION_MATRIX_CHART}"] = wandb.plot.confusion_matrix(y_true=labels, preds=preds,
                                                                              class_names=classes)
