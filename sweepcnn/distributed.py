@@ -207,6 +207,12 @@ class HostSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(dtype)
 
 
+def smallest_last_batch(cfg: dict) -> int:
+    """The smallest last global batch BatchNorm can train on: 2 images, but 2 per rank when each rank normalises its
+    own shard (several ranks, --sync_bn false; shards differ by at most one image)."""
+    return 2 * world() if active() and not cfg.get("sync_bn", True) else 2
+
+
 def prepare_model(model: nn.Module, cfg: dict, device: torch.device) -> nn.Module:
     """The model with synchronised BatchNorm layers (--sync_bn) when several ranks train it: SyncBatchNorm on CUDA,
     HostSyncBatchNorm elsewhere; the same parameter objects, the same state dict keys."""

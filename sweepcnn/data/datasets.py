@@ -19,7 +19,7 @@ from sweepcnn.options import DATA_HELP, DATA_OPTIONS
 from sweepcnn.errors import UserError
 from sweepcnn.io import check_writable
 from sweepcnn.paths import default_cache_dir
-from sweepcnn.data.batches import NoBatchOfOne, note_dropped_batch
+from sweepcnn.data.batches import NoSmallLastBatch, note_dropped_batch
 from sweepcnn.data.cache import build_image_cache
 from sweepcnn.data.folders import check_same_classes, class_files, relative
 from sweepcnn.data.splits import stratified_split
@@ -198,10 +198,10 @@ def channel_stats(images: ImageSet, max_images: int = 2000) -> tuple[list[float]
 
 
 def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
-                pin_memory: bool) -> DataLoader:
+                pin_memory: bool, smallest: int = 2) -> DataLoader:
     """Training loaders shuffle (or sample by inverse class frequency) from `generator`, which the engine reseeds
-    every epoch: the shuffling order then depends only on (seed, epoch). They drop a final batch of one image
-    (sweepcnn.data.batches)."""
+    every epoch: the shuffling order then depends only on (seed, epoch). They drop a final batch of fewer than
+    `smallest` images (sweepcnn.data.batches)."""
     if not train:
         return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=cfg["num_workers"],
                           pin_memory=pin_memory, generator=generator, collate_fn=_already_batched)
@@ -211,6 +211,7 @@ def make_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, gener
         sampler = WeightedRandomSampler(weights, len(images), replacement=True, generator=generator)
     else:
         sampler = RandomSampler(images, generator=generator)
-    note_dropped_batch(len(images), batch_size)
-    return DataLoader(images, batch_sampler=NoBatchOfOne(sampler, batch_size), num_workers=cfg["num_workers"],
-                      pin_memory=pin_memory, generator=generator, collate_fn=_already_batched)
+    note_dropped_batch(len(images), batch_size, smallest)
+    return DataLoader(images, batch_sampler=NoSmallLastBatch(sampler, batch_size, smallest),
+                      num_workers=cfg["num_workers"], pin_memory=pin_memory, generator=generator,
+                      collate_fn=_already_batched)

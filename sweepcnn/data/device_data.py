@@ -69,10 +69,12 @@ class Prefetch:
 
 
 def device_loader(images: ImageSet, batch_size: int, train: bool, cfg: dict, generator: torch.Generator,
-                  device: torch.device, shards: TrainShards | None = None):
+                  device: torch.device, shards: TrainShards | None = None, smallest: int = 2):
     """Batches of `images` for `device` (see the module docstring); on CUDA `--data_on_device` sets the share.
-    `shards`: this rank's shard of each global batch (several ranks, sweepcnn.data.shards)."""
-    loader = make_loader(images, batch_size, train, cfg, generator, pin_memory=device.type == "cuda")
+    `shards`: this rank's shard of each global batch (several ranks, sweepcnn.data.shards); `smallest`: the
+    smallest last global batch kept (sweepcnn.data.batches)."""
+    loader = make_loader(images, batch_size, train, cfg, generator, pin_memory=device.type == "cuda",
+                         smallest=smallest)
     if shards is not None:  # the same generator: its draws (the workers' base seed, the order) stay as in one process
         loader = DataLoader(images, batch_sampler=ShardSampler(loader.batch_sampler, shards),
                             num_workers=loader.num_workers, pin_memory=loader.pin_memory,

@@ -291,7 +291,8 @@ def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[d
     mix, tta = mixer(cfg, len(data.classes)), tta_mode(cfg)
     rank, world = distributed.rank(), distributed.world()
     shards = TrainShards(len(train_set), cfg["batch_size"], rank, world, mix is not None) if world > 1 else None
-    train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device, shards)
+    train_loader = device_loader(train_set, cfg["batch_size"], True, cfg, generator, device, shards,
+                                 distributed.smallest_last_batch(cfg))
     eval_batch = 2 * cfg["batch_size"] // world  # per rank: each scores its own slice of a split
     val_loader = device_loader(split_part(data.val, rank, world), eval_batch, False, cfg, torch.Generator(), device)
 

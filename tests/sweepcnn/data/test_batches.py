@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from sweepcnn.config import parse_args
-from sweepcnn.data.batches import NoBatchOfOne, check_batch_size
+from sweepcnn.data.batches import NoSmallLastBatch, check_batch_size
 from sweepcnn.data.datasets import ImageSet, make_loader
 from sweepcnn.options import DATA_OPTIONS
 from sweepcnn.data.device_data import DeviceLoader
@@ -20,15 +20,19 @@ def images(n: int) -> ImageSet:
     return ImageSet(pixels, np.arange(n), np.arange(n) % 2, [f"{i}.png" for i in range(n)])
 
 
-@pytest.mark.parametrize("n, batch_size, sizes", [
-    (9, 4, [4, 4]),  # 9 = 2 * 4 + 1: the batch of one is dropped
-    (10, 4, [4, 4, 2]),  # a partial batch of two is kept
-    (8, 4, [4, 4]),
-    (5, 1, [1] * 5),  # --batch_size 1 (allowed without BatchNorm) keeps every batch
-    (1, 4, [1]),  # the only batch is kept
+@pytest.mark.parametrize("n, batch_size, smallest, sizes", [
+    (9, 4, 2, [4, 4]),  # 9 = 2 * 4 + 1: the batch of one is dropped
+    (10, 4, 2, [4, 4, 2]),  # a partial batch of two is kept
+    (8, 4, 2, [4, 4]),
+    (5, 1, 2, [1] * 5),  # --batch_size 1 (allowed without BatchNorm) keeps every batch
+    (1, 4, 2, [1]),  # the only batch is kept
+    (11, 4, 4, [4, 4]),  # 2 ranks normalising their own shards: a last batch of 3 leaves one rank 1 image
+    (12, 4, 4, [4, 4, 4]),
+    (3, 4, 4, [3]),
 ])
-def test_only_a_final_batch_of_one_is_dropped(n, batch_size, sizes):
-    batches = NoBatchOfOne(RandomSampler(range(n), generator=torch.Generator().manual_seed(0)), batch_size)
+def test_only_a_final_batch_smaller_than_batchnorm_needs_is_dropped(n, batch_size, smallest, sizes):
+    batches = NoSmallLastBatch(RandomSampler(range(n), generator=torch.Generator().manual_seed(0)), batch_size,
+                               smallest)
     assert [len(b) for b in batches] == sizes and len(batches) == len(sizes)
 
 

@@ -326,6 +326,18 @@ def test_a_rank_killed_mid_epoch_takes_the_job_down_and_resume_is_exact(tmp_path
 
 
 @pytest.mark.slow
+def test_without_sync_bn_a_last_batch_that_leaves_a_rank_one_image_is_dropped(tmp_path):
+    """ResNet-18 at 32 px ends in 1 x 1 maps: BatchNorm cannot train on one image there. 240 images at --batch_size
+    14 end with a batch of 2, which 2 ranks normalising their own shards would each see as 1."""
+    args = ["--model=resnet18", "--weights=none", "--strategy=none", "--input_size=32", "--data=digits",
+            "--max_images_per_class=30", "--batch_size=14", "--sync_bn=false", "--epochs=1", "--amp=off",
+            "--report=false", f"--out_dir={tmp_path}", "--run_name=r"]
+    proc = torchrun(*args, script="part_b/finetune.py")
+    assert proc.stderr.count("leave a last batch of 2 images") == 1, proc.stderr  # the note, from rank 0
+    assert [row["epoch"] for row in read_history(tmp_path / "r")] == [1]
+
+
+@pytest.mark.slow
 def test_part_b_first_k_two_phases_on_2_ranks_keeps_frozen_weights_and_trains_the_others(tmp_path):
     """EfficientNet-Lite0 has dropout and drop-connect, whose masks each rank draws for itself: its trained weights
     cannot equal one process's (docs/training.md), so this checks what holds: the frozen blocks stay bit-identical
