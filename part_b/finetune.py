@@ -33,10 +33,12 @@ def main(argv: list[str]) -> int:
     exit_on_help(argv, OPTIONS, PROG, DESCRIPTION)
     # torch and the training stack load after --help, which stays fast
     from part_b.part import FineTune, dry_run
+    from sweepcnn import distributed
     from sweepcnn.report.run_report import report_tested_run
     from sweepcnn.train.runner import run_training
 
-    cfg, _ = parse_args(argv, OPTIONS, PROG, DESCRIPTION)
+    with distributed.said_by_rank_0():
+        cfg, _ = parse_args(argv, OPTIONS, PROG, DESCRIPTION)
     if cfg["dry_run"]:
         print(json.dumps(dry_run(cfg)))
         return 0

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from sweepcnn import distributed
 from sweepcnn.data.batches import check_batch_size
 from sweepcnn.data.datasets import Data, count_classes
 from sweepcnn.errors import UserError
@@ -89,13 +90,13 @@ class FineTune:
 
     def prepare(self, cfg: dict) -> tuple[int, int]:
         check_range(cfg)
-        if cfg["strategy"] not in ("first_k", "all_except_k") and cfg["k"] is not None:
+        if cfg["strategy"] not in ("first_k", "all_except_k") and cfg["k"] is not None and distributed.is_main():
             print(f"note: --k is ignored by --strategy {cfg['strategy']}", file=sys.stderr)
         if cfg["schedule"] == "fine_tune":
             if cfg["strategy"] == "all_except_last":
                 raise UserError("--schedule fine_tune unfreezes per --strategy after the head-only epochs; "
                                 "--strategy all_except_last never unfreezes: use none, first_k or all_except_k")
-            if cfg["freeze_epochs"] >= cfg["epochs"]:  # allowed: a later --resume with more epochs unfreezes
+            if cfg["freeze_epochs"] >= cfg["epochs"] and distributed.is_main():  # a later --resume may unfreeze
                 print(f"note: --freeze_epochs={cfg['freeze_epochs']} >= --epochs={cfg['epochs']}: only the head "
                       "trains in this run", file=sys.stderr)
         # every flag is checked before any weights are looked for (a download may be slow, or impossible offline)

@@ -177,10 +177,21 @@ def format_help(prog: str, description: str, options: dict[str, Option]) -> str:
 
 
 def exit_on_help(argv: Iterable[str], options: dict[str, Option], prog: str, description: str) -> None:
-    """With `-h` or `--help` anywhere in argv, print the generated help and exit 0."""
-    if {"-h", "--help"} & set(argv):
-        print(format_help(prog, description, options))
-        sys.exit(0)
+    """With `-h` or `--help` anywhere in argv (not as a flag's value: `--wandb_notes -h`), print the generated help
+    and exit 0."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg in ("-h", "--help") and not (i and _takes_a_value(args[i - 1], options)):
+            print(format_help(prog, description, options))
+            sys.exit(0)
+
+
+def _takes_a_value(arg: str, options: dict[str, Option]) -> bool:
+    """Whether `arg` is a flag that takes the next argument as its value (as parse_args reads them)."""
+    name = arg[2:].replace("-", "_")
+    if not arg.startswith("--") or "=" in arg:
+        return False
+    return name == "config" or (name in options and options[name].kind != "bool")
 
 
 def parse_args(argv: Iterable[str], options: dict[str, Option], prog: str = "", description: str = "",

@@ -11,9 +11,11 @@ all-reduce the largest one, so all of them stop at the same step (see sweepcnn.r
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr
 from typing import Any, TypeVar
 
 import torch
@@ -56,18 +58,28 @@ def bars_off() -> bool | None:
     return None if is_main() else True
 
 
+@contextmanager
+def said_by_rank_0() -> Iterator[None]:
+    """Before the process group exists, around what every rank checks alike (its config): rank 0 alone prints the
+    notes and the error; another rank's UserError ends it with exit 2, quietly."""
+    if launched() <= 1 or os.environ.get("RANK", "0") == "0":
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        try:
+            yield
+        except UserError:
+            raise SystemExit(2) from None
+
+
 def init(cfg: dict, device: torch.device) -> None:
     """Join torchrun's process group when it started several processes: check that --batch_size divides over
     them, pin this process to its GPU, agree on stop signals, and let only rank 0 print to stdout."""
     size = launched()
     if size <= 1 or active():
         return
-    try:
+    with said_by_rank_0():
         check_batch_size(cfg, size)
-    except UserError:
-        if os.environ.get("RANK", "0") != "0":  # every rank finds it: rank 0 alone says so
-            raise SystemExit(2) from None
-        raise
     if device.type == "mps":
         raise UserError("--device mps: torchrun's several processes need CUDA (NCCL) or CPUs (gloo); Apple's MPS has "
                         "no collective backend: run one process, or --device cpu")

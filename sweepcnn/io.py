@@ -151,15 +151,17 @@ def lock_holder(path: str | os.PathLike) -> str:
 def lock_is_free(path: str | os.PathLike) -> bool:
     """Whether no process holds the lock on `path` (file_lock's, owned_lock's), asked with read access alone: a shared
     lock is refused while another process holds the exclusive one. A missing file is free; an unreadable one raises
-    PermissionError."""
+    PermissionError. Never ask about a lock this process holds: lockf would convert it, and the close release it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return True
     try:
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:  # held elsewhere
-        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):  # e.g. ENOLCK: no lock service (NFS without lockd)
+            raise
+        return False  # held elsewhere
     finally:
         os.close(fd)  # closing releases the shared lock
     return True

@@ -9,11 +9,9 @@ build the model themselves, and train beside it writing nothing."""
 from __future__ import annotations
 
 import errno
-import io
-import os
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext, redirect_stderr
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +59,8 @@ def run_training(argv: list[str], options: dict[str, Option], *, prog: str, desc
 def _resolve(argv: list[str], options: dict[str, Option], prog: str, description: str) -> tuple[dict, set[str]]:
     """The config, resolved once per process. Under torchrun every rank resolves it (joining the process group
     takes its device and global batch); rank 0 alone prints its notes and errors, which the others would repeat."""
-    if os.environ.get("RANK", "0") == "0":
+    with distributed.said_by_rank_0():
         return resolve_config(argv, options, prog, description)
-    with redirect_stderr(io.StringIO()):
-        try:
-            return resolve_config(argv, options, prog, description)
-        except UserError:
-            raise SystemExit(2) from None
 
 
 def _plan(argv: list[str], resolved: tuple[dict, set[str]], options: dict[str, Option], prog: str,

@@ -137,6 +137,13 @@ def test_help_wins_over_a_bad_flag_anywhere_in_argv(capsys):
     assert done.value.code == 0 and "--learning_rate=" in capsys.readouterr().out
 
 
+def test_h_as_a_flags_value_is_that_value_not_a_request_for_help():
+    options = {**OPTIONS, "notes": Option(None, "notes", nullable=True)}
+    assert parse_args(["--notes", "-h", "--test"], options)[0]["notes"] == "-h"
+    with pytest.raises(SystemExit):  # a bool flag does not take it: help
+        parse_args(["--test", "-h"], options)
+
+
 @pytest.mark.parametrize("script", ["part_a/train.py", "part_b/finetune.py"])
 def test_a_parts_help_imports_neither_torch_nor_wandb(script):
     """--help is the first thing a newcomer runs: it prints every flag without waiting for torch to import."""

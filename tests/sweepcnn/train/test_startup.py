@@ -57,6 +57,7 @@ def test_under_torchrun_rank_0_alone_prints_the_configs_notes_and_errors(tmp_pat
     from sweepcnn.train.runner import _resolve
 
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     run = tmp_path / "runs" / "X"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"run_name": "X", "base_filters": 4}))
@@ -67,6 +68,16 @@ def test_under_torchrun_rank_0_alone_prints_the_configs_notes_and_errors(tmp_pat
     with pytest.raises(UserError if rank == "0" else SystemExit) as failed:
         _resolve(["--bogus=1"], OPTIONS, "p", "d")
     assert rank == "0" or (failed.value.code == 2 and capsys.readouterr().err == "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["part_a/train.py", "part_b/finetune.py"])
+def test_under_torchrun_a_refused_flag_is_said_by_rank_0_alone(script):
+    for rank, said in (("1", ""), ("0", "error: command line: unknown option 'bogus'")):
+        env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2", "WANDB_MODE": "offline"}
+        proc = subprocess.run([sys.executable, script, "--bogus=1"], cwd=ROOT, capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith(said) and (said or not proc.stderr), proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------- identity (bug 1)
