@@ -239,13 +239,11 @@ class Tracker:
         """Online, for a run whose metrics.jsonl holds an epoch its last.pt does not (a hard kill between the two):
         where wandb.init rewinds it to, the step after the W&B step last.pt recorded for its epoch (see
         sweepcnn.wandb_args.rewind_point); None otherwise."""
-        from sweepcnn.train.checkpoint import load_checkpoint
-        from sweepcnn.train.engine import Progress
+        from sweepcnn.train.engine import Progress, saved_progress
 
         if self.mode != "online" or not run_id or not self.history:
             return None
-        last = self.run_dir / "last.pt"
-        kept = Progress(**load_checkpoint(last)["progress"]) if last.is_file() else Progress()
+        kept = saved_progress(self.run_dir) or Progress()
         if max(row["epoch"] for row in self.history) <= kept.epoch:
             return None
         # a last.pt from before it recorded the step: one history row per epoch (_step = epoch - 1)

@@ -266,10 +266,16 @@ def validate(net: nn.Module, ema: WeightAverage | None, loader, batches: Batches
     return metrics, net
 
 
+def saved_progress(run_dir: Path) -> Progress | None:
+    """The Progress of the last completed epoch saved in run_dir/last.pt (None before the first one)."""
+    path = run_dir / "last.pt"
+    return Progress(**load_checkpoint(path)["progress"]) if path.is_file() else None
+
+
 def saved_summary(run_dir: Path) -> dict[str, Any]:
     """progress_summary of the last completed epoch saved in run_dir/last.pt ({} before the first one)."""
-    path = run_dir / "last.pt"
-    return progress_summary(Progress(**load_checkpoint(path)["progress"])) if path.is_file() else {}
+    progress = saved_progress(run_dir)
+    return progress_summary(progress) if progress is not None else {}
 
 
 def fit(model: nn.Module, data: Data, cfg: dict, run_dir: Path, log: Callable[[dict, int], int | None],
